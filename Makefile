@@ -1,18 +1,32 @@
 # The two set-up commands of README.md. Both create .venv/ on first use (install/install.sh).
-#   make demo   train + evaluate the demo Mask R-CNN on the generated long-tailed dataset
-#   make test   lint, layering contracts and the test suite (two pytest workers, one thread
-#               each: the tests are small models, which use two processes better than two threads)
-VENV := .venv
+#   make demo        train + evaluate the demo Mask R-CNN on the generated long-tailed dataset
+#   make test        lint, layering contracts and the test suite (two pytest workers, one thread
+#                    each: the tests are small models, which use two processes better than two
+#                    threads)
+# With your own detectron2 (e.g. built from source on a GPU machine), name its interpreter:
+#   PYTHON=/path/to/python make test
+# and the second test environment, detectron2 main built from ../shared/third_party:
+#   make test-main   builds .venv-d2main (torch, numpy 2, detectron2 main installed editable,
+#                    as a GPU user has it), installs lt_d2 beside it into .venv-main through
+#                    the PYTHON route above, and runs the test suite there, including the
+#                    multi-process (gloo) training test
+VENV ?= .venv
 PY := $(VENV)/bin/python
+# One stamp per interpreter route, so that PYTHON=... re-runs the installer (which refuses a
+# venv made for another route instead of reusing it silently).
+STAMP := $(VENV)/.installed-$(shell printf '%s' '$(PYTHON)' | cksum | cut -d' ' -f1)
 DEMO_CONFIG ?= configs/demo/softmax_mask_rcnn_R_18_FPN_demo.yaml
 DEMO_OUTPUT ?= output/demo/softmax_mask_rcnn_R_18_FPN_demo
+D2_MAIN_ARCHIVE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
+D2_MAIN_ENV := .venv-d2main
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
-.PHONY: demo test venv
+.PHONY: demo test test-main venv
 
-venv: $(VENV)/.installed
+venv: $(STAMP)
 
-$(VENV)/.installed: install/install.sh install/requirements.txt install/requirements-dev.txt setup.py
-	bash install/install.sh $(VENV)
+$(STAMP): install/install.sh install/requirements.txt install/requirements-dev.txt setup.py
+	PYTHON="$(PYTHON)" bash install/install.sh $(VENV)
 	touch $@
 
 demo: venv
@@ -22,4 +36,15 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
+	$(PYTEST)
+
+test-main:
+	bash install/install_detectron2_main.sh $(D2_MAIN_ENV) $(D2_MAIN_ARCHIVE)
+	$(MAKE) venv VENV=.venv-main PYTHON=$(abspath $(D2_MAIN_ENV))/bin/python
+	LT_D2_EXPECT_DETECTRON2=$(abspath $(D2_MAIN_ENV))/src LT_D2_EXPECT_NUMPY_MAJOR=2 \
+		$(MAKE) --no-print-directory pytest-only VENV=.venv-main
+
+# The suite alone, in an existing VENV (make test-main's last step).
+.PHONY: pytest-only
+pytest-only:
+	$(PYTEST)

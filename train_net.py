@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Train and evaluate lt_d2 detectors.
 
-python train_net.py --config-file configs/demo/mask_rcnn_R_18_FPN_demo.yaml
+python train_net.py --config-file configs/demo/softmax_mask_rcnn_R_18_FPN_demo.yaml
 python train_net.py --config-file <yaml> --num-gpus 8 [--num-machines N --machine-rank R
     --dist-url tcp://host:port] [--resume] [--eval-only MODEL.WEIGHTS model.pth]
+
+--num-gpus N starts N processes per machine: one per GPU, or, without GPUs and on a
+detectron2 whose launch supports it (main), N CPU processes joined by gloo.
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -12,6 +15,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 import lt_d2  # noqa: F401  (registers classifiers, heads and datasets)
+from lt_d2.compat import check_launch
 from lt_d2.config import add_lt_config
 from lt_d2.engine import LTTrainer, check_config
 
@@ -51,8 +55,10 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def cli(argv=None):
+    """Parse the command line and run :func:`main` in the processes it asks for."""
+    args = default_argument_parser().parse_args(argv)
+    check_launch(args.num_gpus, args.num_machines)
     launch(
         main,
         args.num_gpus,
@@ -61,3 +67,7 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+if __name__ == "__main__":
+    cli()

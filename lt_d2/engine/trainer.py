@@ -12,6 +12,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 
+from lt_d2.compat import cpu_ddp_model_creation
 from lt_d2.data import category_stats_from_cfg
 from lt_d2.data.samplers import ClassBalancedTrainingSampler
 from lt_d2.evaluation import build_lvis_evaluator, has_compiled_ops
@@ -83,6 +84,12 @@ def _check_num_classes(cfg) -> None:
 class LTTrainer(DefaultTrainer):
     """DefaultTrainer plus the class-balanced sampler, the LVIS evaluator with frequency and
     instance-count bins, and lt_d2's diagnostics hooks."""
+
+    def __init__(self, cfg):
+        # Several CPU processes (gloo) train one DistributedDataParallel model without device
+        # ids (lt_d2.compat, difference 3); GPU jobs are wrapped as detectron2 does.
+        with cpu_ddp_model_creation():
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -31,6 +31,7 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from lt_d2.compat import numpy_aliases_for_lvis
 from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
 
 __all__ = [
@@ -174,7 +175,8 @@ class LTLVISEvaluator(LVISEvaluator):
                 r.pop("bbox", None)
         dets = LVISResults(self._lvis_api, lvis_results, max_dets=self._max_dets_per_image)
         lvis_eval = LVISEval(self._lvis_api, dets, task)
-        lvis_eval.run()
+        with numpy_aliases_for_lvis():  # lvis 0.5.3 under numpy >= 1.24
+            lvis_eval.run()
         lvis_eval.print_results()
         results = {k: float(v) * 100 for k, v in lvis_eval.get_results().items()}
 

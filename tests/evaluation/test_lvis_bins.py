@@ -10,6 +10,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from lvis import LVIS, LVISEval, LVISResults
 
+from lt_d2.compat import numpy_aliases_for_lvis
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation import LTLVISEvaluator, build_lvis_evaluator
@@ -119,7 +120,16 @@ def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):
     cfg.TEST.DETECTIONS_PER_IMAGE = 300
     evaluator = build_lvis_evaluator(cfg, name, str(tmp_path / "out"), TRAIN)
     evaluator._tasks = ("bbox",)  # boxes only: the detections carry no masks
+    numpy_before = set(np.__dict__)
     res = _run_evaluator(evaluator)["bbox"]
+    assert set(np.__dict__) == numpy_before  # lvis-api's numpy alias did not leak out
+
+    # By hand, for bin 4 = {category 5}: ground truth on images 2 (two) and 3 (one);
+    # detections by score 0.9 (FP), 0.85 (TP), 0.8 (TP), exact boxes, so every IoU threshold
+    # agrees. Recall 0, 1/3, 2/3 with precision 0, 1/2, 2/3, interpolated to 2/3 up to recall
+    # 2/3: lvis-api's 101 recall thresholds 0.00..0.66 (67 of them) score 2/3, the rest 0.
+    # The same value on numpy 1.x and 2.x (lt_d2.compat bridges lvis 0.5.3's np.float).
+    assert res["AP4"] == pytest.approx(100 * (2 / 3) * 67 / 101, abs=1e-9)
 
     # lvis-api run independently on the same detections (1-based category ids)
     gt = LVIS(path)
@@ -128,7 +138,8 @@ def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):
         for i, c, x, y, s in DETS
     ]
     ev = LVISEval(gt, LVISResults(gt, dets, max_dets=300), "bbox")
-    ev.run()
+    with numpy_aliases_for_lvis():
+        ev.run()
     precision = ev.eval["precision"][:, :, :, 0]  # area "all"
     ap = []
     for k in range(6):

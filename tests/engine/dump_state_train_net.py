@@ -1,0 +1,35 @@
+"""train_net.py, unchanged, whose trainer also saves every process's classifier state after
+training (tests/engine/test_multiprocess_training.py reads it).
+
+python tests/engine/dump_state_train_net.py <train_net.py's arguments>
+"""
+
+import os
+import sys
+
+import torch
+from detectron2.utils import comm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import train_net  # noqa: E402
+from lt_d2.engine import LTTrainer  # noqa: E402
+
+
+class StateDumpingTrainer(LTTrainer):
+    def train(self):
+        results = super().train()
+        model = getattr(self.model, "module", self.model)  # inside DistributedDataParallel
+        state = {
+            key: value
+            for key, value in model.roi_heads.box_predictor.state_dict().items()
+            if "classifier" in key or "gradient_stats" in key
+        }
+        torch.save(state, os.path.join(self.cfg.OUTPUT_DIR, f"state_rank{comm.get_rank()}.pth"))
+        return results
+
+
+# Module level, so that the processes launch spawns (which re-import this file) use it too.
+train_net.LTTrainer = StateDumpingTrainer
+
+if __name__ == "__main__":
+    train_net.cli()
