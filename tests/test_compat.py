@@ -80,7 +80,7 @@ def test_multi_process_without_gpu_is_refused_where_launch_cannot():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: launch uses NCCL")
 def test_train_net_refuses_two_processes_before_starting_them(tmp_path):
     if launch_supports_cpu():
-        pytest.skip("this detectron2's launch trains CPU processes (tests/integration)")
+        pytest.skip("launch trains CPU processes here: see test_multiprocess_training.py")
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", "2"],
         capture_output=True,

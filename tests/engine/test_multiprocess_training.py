@@ -41,6 +41,8 @@ OPTS = [
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "512",  # > proposals + ground truth: all kept
     "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # every image scored, even by the initial
+    "TEST.DETECTIONS_PER_IMAGE", "10",  # weights (LR 0), at a few detections each
     "DATALOADER.NUM_WORKERS", "0",
     "DIAGNOSTICS.PERIOD", str(PERIOD),
     "SEED", "3",
@@ -112,7 +114,9 @@ def test_two_processes_train_like_one(kind, single_process, tmp_path):
     for key in keys:
         assert reference[key].abs().sum() > 0  # the state did evolve
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0)
-        torch.testing.assert_close(ranks[0][key], reference[key], rtol=1e-9, atol=1e-12)
+        # Each process sums its ROIs' float32 gradients before the all-reduce, one process
+        # sums both images' at once: equal up to float32 rounding of that order.
+        torch.testing.assert_close(ranks[0][key], reference[key], rtol=1e-5, atol=1e-8)
 
     # Written once, by the main process: the balance scalars in one metrics.json record
     # (detectron2's writers keep the latest value, here the last period's), one dump per
