@@ -66,6 +66,16 @@ def _add_classifier_config(cfg: CN) -> None:
     # Which "frequency" f_j of eq. 21: "image" (fraction of training images, LVIS's notion of
     # frequency) or "instance" (annotation count). The paper does not say; only ratios matter.
     cfg.MODEL.CLASSIFIER.BUCKETED_SIGMOID_BCE.FREQUENCY = "image"
+    # Federated sigmoid loss (Zhou et al. 2021, CenterNet2; detectron2 main's USE_FED_LOSS):
+    # the BCE of each batch is kept on its ground-truth classes plus classes drawn with
+    # probability proportional to image_count ^ FREQ_WEIGHT_POWER.
+    cfg.MODEL.CLASSIFIER.FEDERATED = CN()
+    # Size of the class subset per batch, background label included (official: 50).
+    cfg.MODEL.CLASSIFIER.FEDERATED.NUM_CLASSES = 50
+    # Power of the training image count in the sampling weights (official: 0.5).
+    cfg.MODEL.CLASSIFIER.FEDERATED.FREQ_WEIGHT_POWER = 0.5
+    # Prior probability every sigmoid starts at (CenterNet2 ROI_BOX_HEAD.PRIOR_PROB: 0.01).
+    cfg.MODEL.CLASSIFIER.FEDERATED.PRIOR = 0.01
     # -- keys of EQLv2, EQLv2Softmax2C, BAGS, Seesaw
     # EQL v2 [EQLv2] (also read by EQLv2Softmax2C, sec. 4.8).
     cfg.MODEL.CLASSIFIER.EQLV2 = CN()
