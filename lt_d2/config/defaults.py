@@ -238,3 +238,14 @@ def _add_diagnostics_config(cfg: CN) -> None:
     cfg.DIAGNOSTICS.PERIOD = 1000
     # Instance-count bin bounds of the evaluation's AP1..AP4 ([BAGS] Table 1: 0, 10, 100, 1000).
     cfg.DIAGNOSTICS.INSTANCE_BINS = [0, 10, 100, 1000]
+    # Fixed AP of the LVIS evaluator (Dave et al. 2021, "Evaluating large-vocabulary object
+    # detectors: the devil is in the details"): AP of the top DETS_PER_CATEGORY detections of
+    # each category over the whole set, no per-image limit, reported as bbox/AP-fixed,
+    # APr-fixed, ... beside the standard AP. The detector must output enough detections: raise
+    # TEST.DETECTIONS_PER_IMAGE and lower MODEL.ROI_HEADS.SCORE_THRESH_TEST (the standard AP
+    # then still keeps each image's 300 best).
+    cfg.TEST.FIXED_AP = CN()
+    # Report Fixed AP too (off: the standard LVIS protocol only).
+    cfg.TEST.FIXED_AP.ENABLED = False
+    # K, detections kept per category (the paper and its code: 10000 for LVIS).
+    cfg.TEST.FIXED_AP.DETS_PER_CATEGORY = 10000
