@@ -231,6 +231,11 @@ def build_lvis_evaluator(
     300), and Fixed AP with ``TEST.FIXED_AP.ENABLED``."""
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
     fixed_k = cfg.TEST.FIXED_AP.DETS_PER_CATEGORY if cfg.TEST.FIXED_AP.ENABLED else 0
+    if cfg.TEST.FIXED_AP.ENABLED and fixed_k < 1:
+        raise ValueError(
+            f"TEST.FIXED_AP.DETS_PER_CATEGORY = {fixed_k}: Fixed AP needs K >= 1 detections "
+            f"per category (the paper: 10000), or TEST.FIXED_AP.ENABLED False"
+        )
     if fixed_k and max_dets > LVIS_MAX_DETS:
         # the extra detections per image feed Fixed AP; the standard AP keeps each image's
         # 300 best, which is the standard protocol applied to the same model

@@ -145,3 +145,7 @@ def test_evaluator_reports_fixed_ap_beside_standard_ap(json_path, tmp_path):
     on = _run_evaluator(build_lvis_evaluator(cfg, name, None, TRAIN))
     _assert_metrics(on, STANDARD)
     _assert_metrics(on, FIXED_10000, "-fixed")
+
+    cfg.TEST.FIXED_AP.DETS_PER_CATEGORY = 0
+    with pytest.raises(ValueError, match="DETS_PER_CATEGORY = 0"):
+        build_lvis_evaluator(cfg, name, None, TRAIN)
