@@ -135,6 +135,7 @@ def test_evaluator_reports_fixed_ap_beside_standard_ap(json_path, tmp_path):
     cfg = get_cfg()
     add_lt_config(cfg)
     assert not cfg.TEST.FIXED_AP.ENABLED and cfg.TEST.FIXED_AP.DETS_PER_CATEGORY == 10000
+    cfg.TEST.DETECTIONS_PER_IMAGE = 300  # LVIS's limit (the LVIS configs' value)
     off = _run_evaluator(build_lvis_evaluator(cfg, name, None, TRAIN))
     _assert_metrics(off, STANDARD)
     assert not any(k.endswith("-fixed") for k in off)
