@@ -10,6 +10,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=("lt_d2", "lt_d2.*")),
+    # the published numbers read by python -m lt_d2.evaluation.paper_table
+    package_data={"lt_d2.evaluation": ["paper_results.json"]},
     python_requires=">=3.8",
     # torch and detectron2 are deliberately not listed: GPU users bring their own builds
     # (README.md); install/install.sh sets up the pinned CPU environment.

@@ -66,6 +66,16 @@ def _add_classifier_config(cfg: CN) -> None:
     # Which "frequency" f_j of eq. 21: "image" (fraction of training images, LVIS's notion of
     # frequency) or "instance" (annotation count). The paper does not say; only ratios matter.
     cfg.MODEL.CLASSIFIER.BUCKETED_SIGMOID_BCE.FREQUENCY = "image"
+    # Federated sigmoid loss (Zhou et al. 2021, CenterNet2; detectron2 main's USE_FED_LOSS):
+    # the BCE of each batch is kept on its ground-truth classes plus classes drawn with
+    # probability proportional to image_count ^ FREQ_WEIGHT_POWER.
+    cfg.MODEL.CLASSIFIER.FEDERATED = CN()
+    # Size of the class subset per batch, background label included (official: 50).
+    cfg.MODEL.CLASSIFIER.FEDERATED.NUM_CLASSES = 50
+    # Power of the training image count in the sampling weights (official: 0.5).
+    cfg.MODEL.CLASSIFIER.FEDERATED.FREQ_WEIGHT_POWER = 0.5
+    # Prior probability every sigmoid starts at (CenterNet2 ROI_BOX_HEAD.PRIOR_PROB: 0.01).
+    cfg.MODEL.CLASSIFIER.FEDERATED.PRIOR = 0.01
     # -- keys of EQLv2, EQLv2Softmax2C, BAGS, Seesaw
     # EQL v2 [EQLv2] (also read by EQLv2Softmax2C, sec. 4.8).
     cfg.MODEL.CLASSIFIER.EQLV2 = CN()
@@ -228,3 +238,14 @@ def _add_diagnostics_config(cfg: CN) -> None:
     cfg.DIAGNOSTICS.PERIOD = 1000
     # Instance-count bin bounds of the evaluation's AP1..AP4 ([BAGS] Table 1: 0, 10, 100, 1000).
     cfg.DIAGNOSTICS.INSTANCE_BINS = [0, 10, 100, 1000]
+    # Fixed AP of the LVIS evaluator (Dave et al. 2021, "Evaluating large-vocabulary object
+    # detectors: the devil is in the details"): AP of the top DETS_PER_CATEGORY detections of
+    # each category over the whole set, no per-image limit, reported as bbox/AP-fixed,
+    # APr-fixed, ... beside the standard AP. The detector must output enough detections: raise
+    # TEST.DETECTIONS_PER_IMAGE and lower MODEL.ROI_HEADS.SCORE_THRESH_TEST (the standard AP
+    # then still keeps each image's 300 best).
+    cfg.TEST.FIXED_AP = CN()
+    # Report Fixed AP too (off: the standard LVIS protocol only).
+    cfg.TEST.FIXED_AP.ENABLED = False
+    # K, detections kept per category (the paper and its code: 10000 for LVIS).
+    cfg.TEST.FIXED_AP.DETS_PER_CATEGORY = 10000

@@ -9,6 +9,8 @@ LVISEval run per task:
   entries (-1) excluded), i.e. how lvis-api itself averages APr / APc / APf; a bin without
   training categories is left out, one whose categories have no ground truth here is nan;
 - ``AR@300`` (and lvis-api's small / medium / large AR);
+- with ``fixed_ap_dets_per_category`` K > 0, ``AP-fixed``, ``APr-fixed``, ...: Fixed AP of
+  Dave et al. 2021 (the top K detections per category, no per-image limit; ``fixed_ap.py``);
 - ``score_margin_{r,c,f}``: per category, the mean score of the detections matched to a
   ground truth at IoU 0.5 minus that of the unmatched ones (lvis-api's ignored detections
   left out), averaged per frequency group ([EFL] Fig. 4);
@@ -19,7 +21,6 @@ Shape shorthand: C = categories, K = categories of the evaluation json (= C), T 
 thresholds, R = recall thresholds, A = area ranges.
 """
 
-import copy
 import itertools
 import json
 import logging
@@ -31,8 +32,10 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from lt_d2.compat import numpy_aliases_for_lvis
 from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
+
+from .fixed_ap import evaluate_fixed_ap
+from .lvis_api import run_lvis_eval
 
 __all__ = [
     "LTLVISEvaluator",
@@ -106,6 +109,7 @@ class LTLVISEvaluator(LVISEvaluator):
         category_stats: statistics of the *training* set (the bins and groups are defined by
             training counts); its categories must be the evaluation json's, in id order.
         bin_bounds: lower instance-count bounds of the bins ([BAGS]: 0, 10, 100, 1000).
+        fixed_ap_dets_per_category: K of Fixed AP (Dave et al. 2021: 10000); 0 = off.
         Other arguments: LVISEvaluator's.
     """
 
@@ -119,6 +123,7 @@ class LTLVISEvaluator(LVISEvaluator):
         category_stats: CategoryStats,
         bin_bounds: Sequence[int] = BAGS_GROUP_BOUNDS,
         max_dets_per_image: int = LVIS_MAX_DETS,
+        fixed_ap_dets_per_category: int = 0,
     ):
         super().__init__(
             dataset_name, tasks, distributed, output_dir, max_dets_per_image=max_dets_per_image
@@ -139,6 +144,7 @@ class LTLVISEvaluator(LVISEvaluator):
                 f"by thing_dataset_id_to_contiguous_id metadata)"
             )
         self._category_stats = category_stats
+        self._fixed_ap_dets_per_category = fixed_ap_dets_per_category
         self._bin_bounds = list(bin_bounds)
         self._bins = category_stats.instance_groups(self._bin_bounds)[self._contiguous]
         self._frequency = category_stats.frequency_labels[self._contiguous]
@@ -163,20 +169,10 @@ class LTLVISEvaluator(LVISEvaluator):
             self._results[task] = self._evaluate_task(lvis_results, task)
 
     def _evaluate_task(self, lvis_results: List[dict], task: str) -> Dict[str, float]:
-        from lvis import LVISEval, LVISResults
-
         if not lvis_results:
             logger.warning("No predictions from the model: every metric is nan.")
             return {"AP": float("nan")}
-        if task == "segm":
-            # mask AP uses mask areas for the size ranges: drop the boxes (as detectron2 does)
-            lvis_results = copy.deepcopy(lvis_results)
-            for r in lvis_results:
-                r.pop("bbox", None)
-        dets = LVISResults(self._lvis_api, lvis_results, max_dets=self._max_dets_per_image)
-        lvis_eval = LVISEval(self._lvis_api, dets, task)
-        with numpy_aliases_for_lvis():  # lvis 0.5.3 under numpy >= 1.24
-            lvis_eval.run()
+        lvis_eval = run_lvis_eval(self._lvis_api, lvis_results, task, self._max_dets_per_image)
         lvis_eval.print_results()
         results = {k: float(v) * 100 for k, v in lvis_eval.get_results().items()}
 
@@ -189,6 +185,12 @@ class LTLVISEvaluator(LVISEvaluator):
         margins = score_margins(lvis_eval)
         for g in ("r", "c", "f"):
             results[f"score_margin_{g}"] = _group_nanmean(margins, self._frequency, g)
+        if self._fixed_ap_dets_per_category > 0:
+            results.update(
+                evaluate_fixed_ap(
+                    self._lvis_api, lvis_results, task, self._fixed_ap_dets_per_category
+                )
+            )
         logger.info(f"LVIS {task} results:\n" + create_small_table(results))
         self._dump_per_category(task, ap, margins)
         return results
@@ -217,8 +219,18 @@ def build_lvis_evaluator(
 ) -> LTLVISEvaluator:
     """The evaluator of an LVIS-format dataset: boxes (and masks with MODEL.MASK_ON), bins
     ``DIAGNOSTICS.INSTANCE_BINS``, ``TEST.DETECTIONS_PER_IMAGE`` detections per image (LVIS:
-    300)."""
+    300), and Fixed AP with ``TEST.FIXED_AP.ENABLED``."""
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
+    fixed_k = cfg.TEST.FIXED_AP.DETS_PER_CATEGORY if cfg.TEST.FIXED_AP.ENABLED else 0
+    if cfg.TEST.FIXED_AP.ENABLED and fixed_k < 1:
+        raise ValueError(
+            f"TEST.FIXED_AP.DETS_PER_CATEGORY = {fixed_k}: Fixed AP needs K >= 1 detections "
+            f"per category (the paper: 10000), or TEST.FIXED_AP.ENABLED False"
+        )
+    if fixed_k and max_dets > LVIS_MAX_DETS:
+        # the extra detections per image feed Fixed AP; the standard AP keeps each image's
+        # 300 best, which is the standard protocol applied to the same model
+        max_dets = LVIS_MAX_DETS
     if max_dets != LVIS_MAX_DETS:
         logger.warning(
             f"TEST.DETECTIONS_PER_IMAGE = {max_dets}: LVIS AP is defined with "
@@ -232,4 +244,5 @@ def build_lvis_evaluator(
         category_stats=category_stats,
         bin_bounds=cfg.DIAGNOSTICS.INSTANCE_BINS,
         max_dets_per_image=max_dets,
+        fixed_ap_dets_per_category=fixed_k,
     )

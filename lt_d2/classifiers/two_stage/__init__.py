@@ -8,6 +8,7 @@ from . import (
     eql,  # noqa: F401
     eqlv2,  # noqa: F401
     eqlv2_softmax2c,  # noqa: F401
+    federated,  # noqa: F401
     lgr,  # noqa: F401
     seesaw,  # noqa: F401
     sigmoid_bce,  # noqa: F401
