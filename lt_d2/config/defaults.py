@@ -40,6 +40,11 @@ def _add_classifier_config(cfg: CN) -> None:
     # lambda: categories with training image frequency f_j < lambda are "tail" (T_lambda = 1).
     # 1.76e-3 for LVIS v0.5 (original EQL); [EQLv2] sec. 4.5 uses 1.1e-3 for LVIS v1.
     cfg.MODEL.CLASSIFIER.EQL.LAMBDA = 1.76e-3
+    # The tail by LVIS frequency group instead of lambda: a subset of ["r", "c", "f"] (rare:
+    # 1-10 training images, common: 11-100, frequent: > 100); [] uses LAMBDA. [DropLoss] eq. 7
+    # names the tail "rare + common", ["r", "c"] (configs/droploss). A tail that holds no
+    # category is refused (the method would be SigmoidBCE).
+    cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS = []
     # Background equalization loss [DropLoss] eq. 4.
     cfg.MODEL.CLASSIFIER.BACKGROUND_EQL = CN()
     # b: logarithm base of the background weight 1 - T min{-log_b p, 1} (Table 3: b = 4).
