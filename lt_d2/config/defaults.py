@@ -194,7 +194,8 @@ def _add_libra_config(cfg: CN) -> None:
     cfg.MODEL.ROI_HEADS.IOU_BALANCED.FLOOR_THRESH = 0.0
     # Positive sampling: "none" (random), "per_gt" (equal per ground truth) or "per_class"
     # (equal per class, then per ground truth) ([Libra] sec. 3.1; "none" keeps detectron2's
-    # random positives; Table 4's "Pos Balance" and configs/libra use "per_gt").
+    # random positives; Table 4's "Pos Balance" and the COCO configs/libra use "per_gt", the
+    # LVIS ones "per_class", which sec. 3.1 prescribes under class imbalance).
     cfg.MODEL.ROI_HEADS.IOU_BALANCED.POSITIVE_BALANCE = "none"
     # Balanced feature pyramid ([Libra] sec. 3.2), used by the backbones
     # build_resnet_bfp_backbone / build_retinanet_resnet_bfp_backbone.
@@ -211,8 +212,13 @@ def _add_libra_config(cfg: CN) -> None:
     cfg.MODEL.BALANCED_L1.ALPHA = 0.5
     # gamma: bound of outlier gradients (1.5).
     cfg.MODEL.BALANCED_L1.GAMMA = 1.5
-    # Transition point |x| between inliers and outliers, in box-delta units (1.0).
+    # Transition point |x| between inliers and outliers, in box-delta units (1.0; the official
+    # Libra RetinaNet config: 0.11).
     cfg.MODEL.BALANCED_L1.BETA = 1.0
+    # Balanced L1 at BETA != 1, where the paper states eq. 9 at beta = 1 only: "official" (the
+    # authors' implementation, mmdetection's balanced_l1_loss) or "rescaled"
+    # (beta * L_b(x / beta), continuous at |x| = beta). Equal at beta = 1.
+    cfg.MODEL.BALANCED_L1.FORM = "official"
     # -- keys of the class-balanced sampler
     pass
 
