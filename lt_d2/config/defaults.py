@@ -15,6 +15,7 @@ def add_lt_config(cfg: CN) -> None:
     _add_classifier_config(cfg)
     _add_decoupled_config(cfg)
     _add_dense_config(cfg)
+    _add_cascade_config(cfg)
     _add_libra_config(cfg)
     _add_diagnostics_config(cfg)
 
@@ -180,6 +181,14 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
     # Per-class NMS IoU threshold (ATSS: 0.6).
     cfg.MODEL.ATSS.NMS_THRESH_TEST = 0.6
+
+
+def _add_cascade_config(cfg: CN) -> None:
+    # How LTCascadeROIHeads combines its stages' scores at inference: "logits" (average the
+    # stages' logits, then the classifier's activation: the official EQL v2 and BAGS cascade
+    # code, mmdetection's cascade test; the papers are silent) or "probs" (average the
+    # stages' probabilities: detectron2's CascadeROIHeads).
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.SCORE_AVERAGING = "logits"
 
 
 def _add_libra_config(cfg: CN) -> None:
