@@ -111,3 +111,20 @@ def test_efl_stabilized_settings_clip_the_whole_model_at_35():
             35.0,
             2.0,
         )
+
+
+def test_works_under_detectron2s_lr_scheduler():
+    """The scheduler wraps ``optimizer.step`` after the optimizer is built; the clip still
+    happens (warm-up factor 1 here, so the update is the clipped gradient)."""
+    from detectron2.solver import build_lr_scheduler
+
+    cfg = _cfg("full_model")
+    cfg.SOLVER.WARMUP_ITERS = 0
+    model = _Two()
+    optimizer = LTTrainer.build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    a, b = _step(model, optimizer)
+    scheduler.step()
+    exp_a, exp_b = _hand_clipped(5.0)
+    torch.testing.assert_close(a, exp_a)
+    torch.testing.assert_close(b, exp_b)
