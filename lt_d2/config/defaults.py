@@ -15,6 +15,7 @@ def add_lt_config(cfg: CN) -> None:
     _add_classifier_config(cfg)
     _add_decoupled_config(cfg)
     _add_dense_config(cfg)
+    _add_cascade_config(cfg)
     _add_libra_config(cfg)
     _add_diagnostics_config(cfg)
 
@@ -40,6 +41,11 @@ def _add_classifier_config(cfg: CN) -> None:
     # lambda: categories with training image frequency f_j < lambda are "tail" (T_lambda = 1).
     # 1.76e-3 for LVIS v0.5 (original EQL); [EQLv2] sec. 4.5 uses 1.1e-3 for LVIS v1.
     cfg.MODEL.CLASSIFIER.EQL.LAMBDA = 1.76e-3
+    # The tail by LVIS frequency group instead of lambda: a subset of ["r", "c", "f"] (rare:
+    # 1-10 training images, common: 11-100, frequent: > 100); [] uses LAMBDA. [DropLoss] eq. 7
+    # names the tail "rare + common", ["r", "c"] (configs/droploss). A tail that holds no
+    # category is refused (the method would be SigmoidBCE).
+    cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS = []
     # Background equalization loss [DropLoss] eq. 4.
     cfg.MODEL.CLASSIFIER.BACKGROUND_EQL = CN()
     # b: logarithm base of the background weight 1 - T min{-log_b p, 1} (Table 3: b = 4).
@@ -175,16 +181,27 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.ATSS.NORM = "GN"
     # Weights (wx, wy, ww, wh) of the anchor-to-box delta encoding (ATSS: 10, 10, 5, 5).
     cfg.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-    # Weight of the GIoU box loss (ATSS: 2.0).
+    # Weight of the GIoU box loss (ATSS: 2.0; [EFL] official improved-baseline config: 1.0).
+    # Weighted per anchor by the quality targets, normalised by their sum (centerness: ATSS;
+    # IoU: the [EFL] official code).
     cfg.MODEL.ATSS.BOX_LOSS_WEIGHT = 2.0
     # Weight of the quality-branch BCE loss (ATSS: 1.0).
     cfg.MODEL.ATSS.QUALITY_LOSS_WEIGHT = 1.0
     # Anchors whose score is below this are dropped before NMS (ATSS: 0.05; [EFL]: 0).
     cfg.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
-    # Highest-scoring candidates kept per level before NMS (ATSS: 1000).
+    # Highest-scoring candidates kept per level before NMS (ATSS: 1000; [EFL] official
+    # improved-baseline config: 6000).
     cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
-    # Per-class NMS IoU threshold (ATSS: 0.6).
+    # Per-class NMS IoU threshold (ATSS: 0.6; [EFL] official improved-baseline config: 0.5).
     cfg.MODEL.ATSS.NMS_THRESH_TEST = 0.6
+
+
+def _add_cascade_config(cfg: CN) -> None:
+    # How LTCascadeROIHeads combines its stages' scores at inference: "logits" (average the
+    # stages' logits, then the classifier's activation: the official EQL v2 and BAGS cascade
+    # code, mmdetection's cascade test; the papers are silent) or "probs" (average the
+    # stages' probabilities: detectron2's CascadeROIHeads).
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.SCORE_AVERAGING = "logits"
 
 
 def _add_libra_config(cfg: CN) -> None:
@@ -199,7 +216,8 @@ def _add_libra_config(cfg: CN) -> None:
     cfg.MODEL.ROI_HEADS.IOU_BALANCED.FLOOR_THRESH = 0.0
     # Positive sampling: "none" (random), "per_gt" (equal per ground truth) or "per_class"
     # (equal per class, then per ground truth) ([Libra] sec. 3.1; "none" keeps detectron2's
-    # random positives; Table 4's "Pos Balance" and configs/libra use "per_gt").
+    # random positives; Table 4's "Pos Balance" and the COCO configs/libra use "per_gt", the
+    # LVIS ones "per_class", which sec. 3.1 prescribes under class imbalance).
     cfg.MODEL.ROI_HEADS.IOU_BALANCED.POSITIVE_BALANCE = "none"
     # Balanced feature pyramid ([Libra] sec. 3.2), used by the backbones
     # build_resnet_bfp_backbone / build_retinanet_resnet_bfp_backbone.
@@ -216,8 +234,13 @@ def _add_libra_config(cfg: CN) -> None:
     cfg.MODEL.BALANCED_L1.ALPHA = 0.5
     # gamma: bound of outlier gradients (1.5).
     cfg.MODEL.BALANCED_L1.GAMMA = 1.5
-    # Transition point |x| between inliers and outliers, in box-delta units (1.0).
+    # Transition point |x| between inliers and outliers, in box-delta units (1.0; the official
+    # Libra RetinaNet config: 0.11).
     cfg.MODEL.BALANCED_L1.BETA = 1.0
+    # Balanced L1 at BETA != 1, where the paper states eq. 9 at beta = 1 only: "official" (the
+    # authors' implementation, mmdetection's balanced_l1_loss) or "rescaled"
+    # (beta * L_b(x / beta), continuous at |x| = beta). Equal at beta = 1.
+    cfg.MODEL.BALANCED_L1.FORM = "official"
     # -- keys of the class-balanced sampler
     pass
 

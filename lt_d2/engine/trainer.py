@@ -18,6 +18,7 @@ from lt_d2.data.samplers import ClassBalancedTrainingSampler
 from lt_d2.evaluation import build_lvis_evaluator, has_compiled_ops
 from lt_d2.modeling.roi_heads.decoupled import box_predictors, freeze_all_but_classifier
 
+from .gradient_clipping import build_optimizer
 from .hooks import build_gradient_balance_hook
 
 __all__ = ["LTTrainer", "check_config"]
@@ -133,6 +134,11 @@ class LTTrainer(DefaultTrainer):
             first = [i for i, h in enumerate(hook_list) if isinstance(h, later)]
             hook_list.insert(first[0] if first else len(hook_list), balance)
         return hook_list
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's optimizer, plus SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_model(cls, cfg):

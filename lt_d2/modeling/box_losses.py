@@ -4,8 +4,10 @@ L1 (sec. 3.3.1, eqs. 8-10) and LGR-L1 (sec. 3.3.2, eqs. 13-14).
 All take predicted and target box deltas of the same shape (any shape, typically (R, 4) for
 R foreground boxes) and return the loss summed ("sum"), averaged ("mean") or per element
 ("none"). ``beta`` is the transition point |x| = beta between the inner (inlier) and outer
-pieces of each loss; the paper states balanced L1 at beta = 1, and a general beta rescales
-it as ``beta * L_b(x / beta)``, so the gradient stays exactly eq. (8) evaluated at x / beta.
+pieces of each loss. The paper states balanced L1 at beta = 1 only; for another beta (Libra
+RetinaNet: 0.11) the authors' implementation (mmdetection's ``balanced_l1_loss``) uses its own
+pieces (form "official", the default), and form "rescaled" is ``beta * L_b(x / beta)``,
+whose gradient stays exactly eq. (8) evaluated at x / beta. LGR-L1 is rescaled.
 """
 
 import logging
@@ -17,6 +19,7 @@ from fvcore.nn import smooth_l1_loss
 from torch import Tensor
 
 __all__ = [
+    "BALANCED_L1_FORMS",
     "BOX_REGRESSION_LOSSES",
     "balanced_l1_loss",
     "box_regression_loss",
@@ -27,6 +30,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BOX_REGRESSION_LOSSES = ("smooth_l1", "balanced_l1", "lgr_l1")
+# How balanced L1 extends eq. (9) to a transition point beta != 1 (equal at beta = 1).
+BALANCED_L1_FORMS = ("official", "rescaled")
 
 
 def _check_balanced_args(alpha: float, gamma: float, beta: float) -> float:
@@ -68,18 +73,25 @@ def balanced_l1_loss(
     alpha: float = 0.5,
     gamma: float = 1.5,
     beta: float = 1.0,
+    form: str = "official",
     reduction: str = "sum",
 ) -> Tensor:
-    """Balanced L1 loss, eq. (9), with b from eq. (10) and the constant C that makes it
-    continuous at |x| = beta.
+    """Balanced L1 loss, eq. (9), with b from eq. (10), extended to a transition point beta.
 
-    With x = input - target, b = e^(gamma/alpha) - 1 and C = gamma / b - alpha:
+    With x = input - target, a = |x| and b = e^(gamma/alpha) - 1, at beta = 1 both forms are
+    eq. (9) with the constant C = gamma / b - alpha that makes it continuous at a = 1:
 
-        L_b(x) = alpha/b (b|x|/beta + 1) ln(b|x|/beta + 1) beta - alpha|x|   if |x| < beta
-               = gamma|x| + C beta                                              otherwise
+        L_b(x) = alpha/b (b a + 1) ln(b a + 1) - alpha a    if a < 1
+               = gamma a + C                                otherwise
 
-    (at beta = 1 exactly eq. 9), whose gradient is eq. (8): alpha ln(b|x|/beta + 1) sign(x)
-    inside, gamma sign(x) outside.
+    whose gradient is eq. (8): alpha ln(b a + 1) sign(x) inside, gamma sign(x) outside.
+    For beta != 1:
+
+    - "official", the authors' implementation (mmdetection's ``balanced_l1_loss``, used with
+      beta = 0.11 by Libra RetinaNet): alpha/b (b a + 1) ln(b a / beta + 1) - alpha a if
+      a < beta, gamma a + gamma / b - alpha beta otherwise (neither the value nor the
+      gradient is continuous at a = beta unless beta = 1);
+    - "rescaled": beta L_b(x / beta), continuous with gradient eq. (8) at x / beta.
 
     Args:
         input: (*) predicted deltas.
@@ -87,13 +99,22 @@ def balanced_l1_loss(
         alpha: inlier gradient promotion (paper: 0.5).
         gamma: outlier gradient bound (paper: 1.5).
         beta: transition point (paper: 1.0).
+        form: "official" or "rescaled" (:data:`BALANCED_L1_FORMS`).
         reduction: "sum", "mean" or "none".
     """
     b = _check_balanced_args(alpha, gamma, beta)
+    if form not in BALANCED_L1_FORMS:
+        raise ValueError(
+            f"MODEL.BALANCED_L1.FORM = {form!r} is unknown; choose one of {BALANCED_L1_FORMS}"
+        )
     diff = torch.abs(input - target)
-    scaled = b * diff / beta
-    inner = alpha / b * (scaled + 1) * torch.log1p(scaled) * beta - alpha * diff
-    outer = gamma * diff + (gamma / b - alpha) * beta
+    log_term = torch.log1p(b * diff / beta)
+    if form == "official":
+        inner = alpha / b * (b * diff + 1) * log_term - alpha * diff
+        outer = gamma * diff + gamma / b - alpha * beta
+    else:
+        inner = alpha / b * (b * diff / beta + 1) * log_term * beta - alpha * diff
+        outer = gamma * diff + (gamma / b - alpha) * beta
     return _reduce(torch.where(diff < beta, inner, outer), reduction)
 
 
@@ -143,6 +164,7 @@ def box_regression_loss(
     reduction: str = "sum",
     alpha: float = 0.5,
     gamma: float = 1.5,
+    form: str = "official",
 ) -> Tensor:
     """The box regression loss named ``loss_type`` (a BBOX_REG_LOSS_TYPE value).
 
@@ -154,14 +176,22 @@ def box_regression_loss(
             < 1e-5 means plain L1; balanced/LGR: MODEL.BALANCED_L1.BETA).
         reduction: "sum", "mean" or "none".
         alpha, gamma: balanced L1 / LGR-L1 parameters (unused by smooth L1).
+        form: balanced L1's extension to beta != 1 (:func:`balanced_l1_loss`).
 
-    :func:`box_regression_loss_args` gives ``beta``, ``alpha`` and ``gamma`` from a config.
+    :func:`box_regression_loss_args` gives ``beta``, ``alpha``, ``gamma`` (and ``form``)
+    from a config.
     """
     if loss_type == "smooth_l1":
         return _reduce(smooth_l1_loss(pred_deltas, gt_deltas, beta, reduction="none"), reduction)
     if loss_type == "balanced_l1":
         return balanced_l1_loss(
-            pred_deltas, gt_deltas, alpha=alpha, gamma=gamma, beta=beta, reduction=reduction
+            pred_deltas,
+            gt_deltas,
+            alpha=alpha,
+            gamma=gamma,
+            beta=beta,
+            form=form,
+            reduction=reduction,
         )
     if loss_type == "lgr_l1":
         return lgr_l1_loss(
@@ -174,10 +204,13 @@ def box_regression_loss_args(cfg, loss_type: str, smooth_l1_beta: float) -> Dict
     """Keyword arguments of :func:`box_regression_loss` for ``loss_type`` from a config:
     the head's own ``smooth_l1_beta`` for smooth L1, MODEL.BALANCED_L1's BETA / ALPHA /
     GAMMA for balanced L1 and LGR-L1 (one set of parameters: LGR's rho is defined by
-    balanced L1's gradient, eq. 13)."""
+    balanced L1's gradient, eq. 13), and its FORM for balanced L1."""
     if loss_type == "smooth_l1":
         return {"beta": smooth_l1_beta}
     if loss_type in BOX_REGRESSION_LOSSES:
         node = cfg.MODEL.BALANCED_L1
-        return {"beta": node.BETA, "alpha": node.ALPHA, "gamma": node.GAMMA}
+        args = {"beta": node.BETA, "alpha": node.ALPHA, "gamma": node.GAMMA}
+        if loss_type == "balanced_l1":
+            args["form"] = node.FORM
+        return args
     raise _unknown_loss(loss_type)

@@ -78,6 +78,7 @@ def test_config_extreme_logits_empty_and_bad_input():
     assert cfg.MODEL.CLASSIFIER.BACKGROUND_EQL.B == 4.0
     cfg.MODEL.CLASSIFIER.NAME = "BackgroundEQL"
     cfg.MODEL.CLASSIFIER.BACKGROUND_EQL.B = 2.0
+    cfg.MODEL.CLASSIFIER.EQL.LAMBDA = LAMBDA
     assert build_classifier(cfg, C, STATS).b == 2.0
     logits = torch.tensor([[100.0, -100.0] * 3] * 3, requires_grad=True)
     loss = _clf().losses(logits, torch.tensor([0, 6, 6]))["loss_cls"]

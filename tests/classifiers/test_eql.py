@@ -3,7 +3,7 @@ import torch
 from detectron2.config import get_cfg
 
 from lt_d2.classifiers import build_classifier
-from lt_d2.classifiers.two_stage.eql import EQL
+from lt_d2.classifiers.two_stage.eql import EQL, eql_tail
 from lt_d2.config import add_lt_config
 from lt_d2.data.category_stats import CategoryStats
 
@@ -57,8 +57,48 @@ def test_loss_and_gradient_match_eq2():
 
 def test_threshold_from_image_frequency():
     assert _clf().tail.tolist() == [True, True, True, True, False, False]
-    default = EQL(num_classes=C, image_frequency=STATS.image_frequency)
-    assert default.lambda_ == 1.76e-3 and not default.tail.any()
+    assert eql_tail(STATS.image_frequency, 0.03).tolist() == [True] * 3 + [False] * 3
+
+
+def test_tail_from_frequency_groups_replaces_lambda():
+    # STATS's labels by LVIS's rule (<= 10 images rare, <= 100 common): r r c c f f
+    labels = STATS.frequency_labels.tolist()
+    assert labels == ["r", "r", "c", "c", "f", "f"]
+    for groups, expected in [
+        (("r", "c"), [True, True, True, True, False, False]),  # DropLoss eq. 7
+        (("r",), [True, True, False, False, False, False]),
+        (("c", "f"), [False, False, True, True, True, True]),
+    ]:
+        # lambda selects nothing here and is ignored once the groups are named
+        clf = EQL(
+            num_classes=C,
+            image_frequency=STATS.image_frequency,
+            lambda_=1e-6,
+            frequency_labels=labels,
+            tail_groups=groups,
+        )
+        assert clf.tail.tolist() == expected
+
+
+def test_empty_tail_is_refused_with_the_key_to_change():
+    # the default lambda 1.76e-3 is below every image frequency here (smallest 0.002)
+    with pytest.raises(ValueError, match="MODEL.CLASSIFIER.EQL.LAMBDA = 0.00176 puts no"):
+        EQL(num_classes=C, image_frequency=STATS.image_frequency)
+    labels = ["c", "c", "c", "f", "f", "f"]
+    with pytest.raises(ValueError, match=r"TAIL_GROUPS = \['r'\] selects no category"):
+        _clf(frequency_labels=labels, tail_groups=("r",))
+    with pytest.raises(ValueError, match="distinct LVIS frequency groups"):
+        _clf(frequency_labels=labels, tail_groups=("rare",))
+    with pytest.raises(ValueError, match="distinct LVIS frequency groups"):
+        _clf(frequency_labels=labels, tail_groups=("c", "c"))
+    with pytest.raises(ValueError, match="needs one 'r' / 'c' / 'f' label per category"):
+        _clf(tail_groups=("r", "c"))
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    for name in ("EQL", "BackgroundEQL", "DropLoss"):
+        cfg.MODEL.CLASSIFIER.NAME = name
+        with pytest.raises(ValueError, match="TAIL_GROUPS"):
+            build_classifier(cfg, C, STATS)
 
 
 def test_built_from_config_with_lambda_key():
@@ -69,6 +109,9 @@ def test_built_from_config_with_lambda_key():
     cfg.MODEL.CLASSIFIER.EQL.LAMBDA = 0.01
     clf = build_classifier(cfg, C, STATS)
     assert clf.tail.tolist() == [True, True, False, False, False, False]
+    assert cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS == []
+    cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS = ["r", "c"]
+    assert build_classifier(cfg, C, STATS).tail.tolist() == [True] * 4 + [False] * 2
     with pytest.raises(ValueError, match="category statistics"):
         build_classifier(cfg, C, None)
 

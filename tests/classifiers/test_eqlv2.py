@@ -171,14 +171,31 @@ def test_bad_input(name):
 
 
 def test_bias_init_prior():
+    """Categories start at the prior 0.001 (sec. 4.2); the objectness task at 1 - 0.001, the
+    negation of the official code's background column, whose bias starts at 0.001."""
+    expected = torch.tensor([0.001, 0.001, 0.001, 0.999])
     model = CLASSIFIER_REGISTRY.get("EQLv2")(num_classes=3)
     bias = torch.empty(4)
     model.init_bias(bias)
-    torch.testing.assert_close(torch.sigmoid(bias), torch.full((4,), 0.001))
+    torch.testing.assert_close(torch.sigmoid(bias), expected)
     model2 = CLASSIFIER_REGISTRY.get("EQLv2Softmax2C")(num_classes=3)
     bias2 = torch.empty(8)
     model2.init_bias(bias2)
-    torch.testing.assert_close(torch.softmax(bias2.view(2, 4), dim=0)[0], torch.full((4,), 1e-3))
+    torch.testing.assert_close(torch.softmax(bias2.view(2, 4), dim=0)[0], expected)
+
+
+@pytest.mark.parametrize("name", ["EQLv2", "EQLv2Softmax2C"])
+def test_scores_at_initialisation_are_the_official_ones(name):
+    """A fresh final layer (features that give zero weight contribution): the official code
+    scores sigmoid(b_j) (1 - sigmoid(b_bg)) with both biases at logit(0.001), i.e.
+    0.001 * 0.999 per category, and background 0.001 (its background probability)."""
+    model = CLASSIFIER_REGISTRY.get(name)(num_classes=3)
+    bias = torch.empty(model.num_logits, dtype=torch.float64)
+    model.init_bias(bias)
+    probs = model.predict_probs(bias.expand(2, -1))  # logits of two ROIs = the biases
+    p, p_bg = 0.001, 0.001
+    expected_row = [p * (1 - p_bg)] * 3 + [p_bg]
+    torch.testing.assert_close(probs, torch.tensor([expected_row] * 2, dtype=torch.float64))
 
 
 def test_softmax2c_matches_pairwise_softmax():

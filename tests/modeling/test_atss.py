@@ -179,7 +179,9 @@ def test_iou_branch_losses_by_hand():
     with EventStorage():
         losses = model.losses(*_hand_losses_inputs(model))
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_iou"}
-    box = 2.0 * sum(GIOU_LOSSES) / 3
+    # the EFL authors' code: GIoU weighted by the IoU targets, normalised by their sum
+    # (at least 1; one worker)
+    box = 2.0 * sum(w * g for w, g in zip(IOUS, GIOU_LOSSES)) / max(sum(IOUS), 1.0)
     quality = sum(_bce_of_logit_one(t) for t in IOUS) / 3
     torch.testing.assert_close(losses["loss_box_reg"], torch.tensor(box))
     torch.testing.assert_close(losses["loss_iou"], torch.tensor(quality))
@@ -255,6 +257,11 @@ def test_efl_improved_baseline_config_builds_its_model():
     # [EFL] sec. 4.1: stabilized settings, IoU branch, scales {6, 8} x stride, k = 18
     assert cfg.SOLVER.WARMUP_ITERS == 6000 and cfg.SOLVER.CLIP_GRADIENTS.ENABLED
     assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 35.0
+    # the official config (United-Perception efl_improved_baseline_r50_2x_rfs.yaml): the whole
+    # model's gradient norm clipped, GIoU loss weight 1, test NMS 0.5, 6000 candidates/level
+    assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+    assert cfg.MODEL.ATSS.BOX_LOSS_WEIGHT == 1.0 and cfg.MODEL.ATSS.QUALITY_LOSS_WEIGHT == 1.0
+    assert cfg.MODEL.ATSS.NMS_THRESH_TEST == 0.5 and cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST == 6000
     assert cfg.MODEL.ANCHOR_GENERATOR.SIZES[0] == [48, 64]
     lvis = CategoryStats(instance_counts=[5] * 1203, image_counts=[2] * 1203, num_images=10)
     model = ATSS(cfg, category_stats=lvis)

@@ -52,15 +52,19 @@ def test_balanced_l1_value_and_gradient_match_eqs_8_and_9():
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64))
 
 
-def test_balanced_l1_is_continuous_at_beta():
+def test_rescaled_balanced_l1_is_continuous_at_beta():
     for beta in (1.0, 0.11):
         eps = 1e-9
         x = torch.tensor([beta - eps, beta, beta + eps], dtype=torch.float64)
-        loss = balanced_l1_loss(x, torch.zeros_like(x), beta=beta, reduction="none")
+        loss = balanced_l1_loss(
+            x, torch.zeros_like(x), beta=beta, form="rescaled", reduction="none"
+        )
         assert abs(loss[0] - loss[2]) < 1e-7
         # Gradient continuous too (eq. 10): alpha ln(b + 1) = gamma on both sides.
         x.requires_grad_()
-        loss = balanced_l1_loss(x, torch.zeros_like(x), beta=beta, reduction="none")
+        loss = balanced_l1_loss(
+            x, torch.zeros_like(x), beta=beta, form="rescaled", reduction="none"
+        )
         (grad,) = torch.autograd.grad(loss.sum(), x)
         torch.testing.assert_close(grad, torch.full_like(grad, GAMMA), atol=1e-6, rtol=0)
 
@@ -68,13 +72,44 @@ def test_balanced_l1_is_continuous_at_beta():
 def test_balanced_l1_with_beta_is_a_rescaled_eq_9():
     beta = 0.25
     pred, target = _grid_tensors()
-    loss = balanced_l1_loss(pred, target, beta=beta, reduction="none")
+    loss = balanced_l1_loss(pred, target, beta=beta, form="rescaled", reduction="none")
     expected = torch.tensor([beta * _eq9(x / beta) for x in GRID], dtype=torch.float64)
     torch.testing.assert_close(loss, expected)
     (grad,) = torch.autograd.grad(loss.sum(), pred)
     torch.testing.assert_close(
         grad, torch.tensor([_eq8(x / beta) for x in GRID], dtype=torch.float64)
     )
+
+
+def _official(x, beta, alpha=ALPHA, gamma=GAMMA):
+    """The authors' balanced L1 (mmdetection's ``balanced_l1_loss``), written out:
+    a = |x|, b = e^(gamma/alpha) - 1;
+    a < beta: alpha/b (b a + 1) ln(b a / beta + 1) - alpha a; else gamma a + gamma/b - alpha beta.
+    """
+    b = math.exp(gamma / alpha) - 1
+    a = abs(x)
+    if a < beta:
+        return alpha / b * (b * a + 1) * math.log(b * a / beta + 1) - alpha * a
+    return gamma * a + gamma / b - alpha * beta
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.11])
+def test_balanced_l1_is_the_official_formula(beta):
+    grid = GRID + [0.05, -0.1, 0.109, 0.111]  # both sides of beta = 0.11
+    x = torch.tensor(grid, dtype=torch.float64)
+    target = torch.zeros_like(x)
+    for kwargs in ({}, {"form": "official"}):  # the default form is the official one
+        loss = balanced_l1_loss(x, target, beta=beta, reduction="none", **kwargs)
+        expected = torch.tensor([_official(v, beta) for v in grid], dtype=torch.float64)
+        torch.testing.assert_close(loss, expected)
+    if beta == 1.0:
+        # at beta = 1 the official formula is eq. (9) itself, and so is the rescaled form
+        torch.testing.assert_close(loss, torch.tensor([_eq9(v) for v in grid]).double())
+        rescaled = balanced_l1_loss(x, target, form="rescaled", reduction="none")
+        torch.testing.assert_close(rescaled, loss)
+    else:
+        rescaled = balanced_l1_loss(x, target, beta=beta, form="rescaled", reduction="none")
+        assert not torch.allclose(rescaled, loss)
 
 
 def _eq14(x, beta=1.0):
@@ -137,7 +172,9 @@ def test_config_args():
         "beta": 1.0,
         "alpha": 0.5,
         "gamma": 1.5,
+        "form": "official",
     }
+    assert box_regression_loss_args(cfg, "lgr_l1", 0.0) == {"beta": 1.0, "alpha": 0.5, "gamma": 1.5}
 
 
 def test_bad_input():
@@ -150,3 +187,5 @@ def test_bad_input():
         lgr_l1_loss(x, x, alpha=0.0)
     with pytest.raises(ValueError, match="reduction"):
         balanced_l1_loss(x, x, reduction="avg")
+    with pytest.raises(ValueError, match="MODEL.BALANCED_L1.FORM = 'mmdet' is unknown"):
+        balanced_l1_loss(x, x, form="mmdet")

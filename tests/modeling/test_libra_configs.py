@@ -81,3 +81,14 @@ def test_demo_libra_model_trains_one_step(name):
     total.backward()
     refine = model.backbone.refine
     assert all(p.grad is not None for p in refine.parameters())
+
+
+@pytest.mark.parametrize("path", LIBRA_CONFIGS, ids=os.path.basename)
+def test_positive_balance_follows_sec_3_1(path):
+    """Sec. 3.1: positives balanced per ground truth; under class imbalance (LVIS and the
+    long-tailed demo) per class first, then per ground truth inside each class."""
+    cfg = _load(path)
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or cfg.MODEL.ROI_HEADS.SAMPLER == "Random":
+        return
+    coco = "coco" in cfg.DATASETS.TRAIN[0]
+    assert cfg.MODEL.ROI_HEADS.IOU_BALANCED.POSITIVE_BALANCE == ("per_gt" if coco else "per_class")

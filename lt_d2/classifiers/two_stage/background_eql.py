@@ -8,7 +8,6 @@ Shape shorthand: R = ROIs, C = foreground classes.
 
 import logging
 import math
-from typing import Sequence
 
 import torch
 from detectron2.config import configurable
@@ -49,23 +48,13 @@ class BackgroundEQL(EQL):
     """DropLoss eq. 4: EQL weights (eq. 2) on foreground ROIs, eq. 4 on background ROIs.
 
     Args:
-        num_classes, image_frequency, lambda_, prior: as in :class:`EQL`.
+        kwargs: :class:`EQL`'s arguments (the tail: lambda or frequency groups).
         b: logarithm base of eq. 4 (DropLoss Table 3: b = 4 is the best setting).
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        image_frequency: Sequence[float],
-        lambda_: float = 1.76e-3,
-        prior: float = 0.001,
-        b: float = 4.0,
-    ):
-        super().__init__(
-            num_classes=num_classes, image_frequency=image_frequency, lambda_=lambda_, prior=prior
-        )
+    def __init__(self, *, b: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
         if b <= 1.0:
             raise ValueError(f"the logarithm base b of BackgroundEQL must be > 1, got {b}")
         self.b = b

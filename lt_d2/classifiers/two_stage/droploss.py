@@ -9,7 +9,7 @@ Shape shorthand: R = ROIs, C = foreground classes.
 """
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from detectron2.config import configurable
@@ -86,7 +86,7 @@ class DropLoss(EQL):
     background ROIs.
 
     Args:
-        num_classes, image_frequency, lambda_, prior: as in :class:`EQL`.
+        kwargs: :class:`EQL`'s arguments (the tail: lambda or frequency groups).
         frequent_bernoulli: also drop frequent categories' background terms, with
             mu = n_frequent / n_all (eq. 7 as printed); False keeps them, as the authors'
             code does (see :func:`droploss_keep_probs`).
@@ -98,16 +98,11 @@ class DropLoss(EQL):
     def __init__(
         self,
         *,
-        num_classes: int,
-        image_frequency: Sequence[float],
-        lambda_: float = 1.76e-3,
-        prior: float = 0.001,
         frequent_bernoulli: bool = False,
         generator: Optional[torch.Generator] = None,
+        **kwargs,
     ):
-        super().__init__(
-            num_classes=num_classes, image_frequency=image_frequency, lambda_=lambda_, prior=prior
-        )
+        super().__init__(**kwargs)
         self.frequent_bernoulli = frequent_bernoulli
         self.generator = generator
 

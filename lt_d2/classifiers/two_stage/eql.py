@@ -1,16 +1,20 @@
 """EQL: the equalization loss (Tan et al. 2020), as restated in DropLoss eq. 2.
 
-Sigmoid BCE whose negative terms for tail categories (image frequency f_j < lambda) are
-dropped for foreground ROIs only. BackgroundEQL and DropLoss subclass it and reweight the
-background ROIs' terms as well (:meth:`EQL.background_weights`). The threshold lambda is
-dataset-dependent: 1.76e-3 for LVIS v0.5 (the original EQL), 1.1e-3 for LVIS v1 (tuned in
-EQL v2 sec. 4.5, Table 5).
+Sigmoid BCE whose negative terms for tail categories (T_lambda(f_j) = 1) are dropped for
+foreground ROIs only. BackgroundEQL and DropLoss subclass it and reweight the background
+ROIs' terms as well (:meth:`EQL.background_weights`).
+
+The tail is defined either by the threshold lambda on the image frequency f_j (eq. 2:
+T_lambda(f) = [f < lambda]; 1.76e-3 for LVIS v0.5 in the original EQL, 1.1e-3 for LVIS v1 in
+EQL v2 sec. 4.5 and its official config ``eql_r50_8x2_1x.py``) or by LVIS frequency groups
+(DropLoss eq. 7 names the tail "rare + common"), see :func:`eql_tail`. A tail without any
+category would make the method plain sigmoid BCE and is refused.
 
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -19,9 +23,70 @@ from ..base import CLASSIFIER_REGISTRY
 from ..functional import eql_weights
 from .sigmoid_bce import SigmoidBCE, require_category_stats
 
-__all__ = ["EQL"]
+__all__ = ["EQL", "FREQUENCY_GROUPS", "eql_tail"]
 
 logger = logging.getLogger(__name__)
+
+# LVIS frequency groups: rare (1-10 training images), common (11-100), frequent (> 100).
+FREQUENCY_GROUPS = ("r", "c", "f")
+
+
+def eql_tail(
+    image_frequency: Sequence[float],
+    lambda_: float,
+    frequency_labels: Optional[Sequence[str]] = None,
+    tail_groups: Sequence[str] = (),
+) -> torch.Tensor:
+    """T_lambda(f_j) of DropLoss eqs. 2, 4 and 6, the (C,) bool tail mask.
+
+    With ``tail_groups`` empty: [f_j < lambda] (eq. 2). Otherwise: [label_j in tail_groups],
+    the categories of the named LVIS frequency groups (eq. 7: "rare + common" is
+    ``("r", "c")``); lambda is then unused.
+
+    Args:
+        image_frequency: (C,) f_j, fraction of training images that contain category j.
+        lambda_: the threshold of eq. 2.
+        frequency_labels: (C,) 'r' / 'c' / 'f' of each category; needed with ``tail_groups``.
+        tail_groups: subset of :data:`FREQUENCY_GROUPS`, or empty to use lambda.
+
+    Raises:
+        ValueError: unknown or repeated group, labels missing or of the wrong length, or a
+            tail without any category (naming the config key to change).
+    """
+    frequency = torch.as_tensor(image_frequency, dtype=torch.float64)
+    num_classes = frequency.shape[0]
+    groups = list(tail_groups)
+    if not groups:
+        tail = frequency < lambda_
+        if not tail.any():
+            raise ValueError(
+                f"MODEL.CLASSIFIER.EQL.LAMBDA = {lambda_:g} puts no category in the tail (the "
+                f"smallest image frequency is {float(frequency.min()):.3g}), so EQL / "
+                f"BackgroundEQL / DropLoss would train as plain SigmoidBCE: raise "
+                f"MODEL.CLASSIFIER.EQL.LAMBDA above it, or name the tail's frequency groups "
+                f"with MODEL.CLASSIFIER.EQL.TAIL_GROUPS (e.g. ['r', 'c'], DropLoss eq. 7)"
+            )
+        return tail
+    if not set(groups) <= set(FREQUENCY_GROUPS) or len(set(groups)) != len(groups):
+        raise ValueError(
+            f"MODEL.CLASSIFIER.EQL.TAIL_GROUPS = {groups} must list distinct LVIS frequency "
+            f"groups out of {list(FREQUENCY_GROUPS)} (e.g. ['r', 'c']), or be empty to use "
+            f"MODEL.CLASSIFIER.EQL.LAMBDA"
+        )
+    if frequency_labels is None or len(frequency_labels) != num_classes:
+        raise ValueError(
+            f"MODEL.CLASSIFIER.EQL.TAIL_GROUPS = {groups} needs one 'r' / 'c' / 'f' label per "
+            f"category ({num_classes}); the category statistics have none: use "
+            f"MODEL.CLASSIFIER.EQL.LAMBDA (TAIL_GROUPS []) instead"
+        )
+    tail = torch.tensor([label in groups for label in frequency_labels], dtype=torch.bool)
+    if not tail.any():
+        raise ValueError(
+            f"MODEL.CLASSIFIER.EQL.TAIL_GROUPS = {groups} selects no category of the training "
+            f"set, so EQL / BackgroundEQL / DropLoss would train as plain SigmoidBCE: name a "
+            f"group the dataset has (it has {sorted(set(frequency_labels))})"
+        )
+    return tail
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -31,8 +96,12 @@ class EQL(SigmoidBCE):
     Args:
         num_classes: C.
         image_frequency: (C,) f_j, fraction of training images that contain category j.
-        lambda_: tail threshold, T_lambda(f) = [f < lambda].
+        lambda_: tail threshold, T_lambda(f) = [f < lambda] (used when ``tail_groups`` is
+            empty).
         prior: sigmoid bias prior, as in :class:`SigmoidBCE`.
+        frequency_labels: (C,) 'r' / 'c' / 'f' labels (needed with ``tail_groups``).
+        tail_groups: LVIS frequency groups forming the tail instead of lambda (DropLoss
+            eq. 7: ``("r", "c")``); see :func:`eql_tail`.
     """
 
     @configurable
@@ -43,23 +112,27 @@ class EQL(SigmoidBCE):
         image_frequency: Sequence[float],
         lambda_: float = 1.76e-3,
         prior: float = 0.001,
+        frequency_labels: Optional[Sequence[str]] = None,
+        tail_groups: Sequence[str] = (),
     ):
         super().__init__(num_classes=num_classes, prior=prior)
-        frequency = torch.as_tensor(image_frequency, dtype=torch.float64)
-        if frequency.shape != (num_classes,):
+        if len(image_frequency) != num_classes:
             raise ValueError(
-                f"image_frequency must have one entry per class ({num_classes}), got shape "
-                f"{tuple(frequency.shape)}"
+                f"image_frequency must have one entry per class ({num_classes}), got "
+                f"{len(image_frequency)}"
             )
         self.lambda_ = lambda_
+        self.tail_groups = tuple(tail_groups)
         # T_lambda(f_j): derived from the statistics, so not saved in checkpoints.
-        self.register_buffer("tail", frequency < lambda_, persistent=False)
+        tail = eql_tail(image_frequency, lambda_, frequency_labels, self.tail_groups)
+        self.register_buffer("tail", tail, persistent=False)
+        rule = f"groups {list(self.tail_groups)}" if self.tail_groups else f"f < {lambda_:g}"
         logger.info(
-            "%s: %d of %d categories have image frequency < lambda=%g",
+            "%s: %d of %d categories in the tail (%s)",
             type(self).__name__,
-            int(self.tail.sum()),
+            int(tail.sum()),
             num_classes,
-            lambda_,
+            rule,
         )
 
     @classmethod
@@ -68,6 +141,8 @@ class EQL(SigmoidBCE):
         ret = super().from_config(cfg, num_classes, category_stats)
         ret["image_frequency"] = category_stats.image_frequency.tolist()
         ret["lambda_"] = cfg.MODEL.CLASSIFIER.EQL.LAMBDA
+        ret["frequency_labels"] = category_stats.frequency_labels.tolist()
+        ret["tail_groups"] = tuple(cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS)
         return ret
 
     def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ positive gradients are multiplied by q_j and its negative gradients by r_j (eqs.
 both follow from g_j, the ratio of the positive to the negative gradient magnitudes
 accumulated over all previous iterations (eq. 9). A category-agnostic objectness task
 (sec. 4.2, eq. 10), positive for every foreground ROI, is trained alongside without
-reweighting and multiplies the category scores at inference.
+reweighting and multiplies the category scores at inference. Its bias starts at
+logit(1 - prior), so that the initial scores are the official code's (see
+:meth:`EQLv2.initial_task_logits`).
 
 Logit layout (L = C + 1): columns [0, C) are the categories in contiguous-id order, column C
 is the objectness logit.
@@ -23,7 +25,6 @@ from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
-from torch import nn
 
 from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes, prior_bias
 from ..functional import check_logit_count, eqlv2_weights, one_hot_weighted_sigmoid_bce
@@ -42,7 +43,8 @@ class EQLv2(AccumulatedGradientsMixin, Classifier):
         num_classes: C.
         gamma, mu: shape of the mapping function f (eq. 6); paper defaults 12 and 0.8.
         alpha: up-weighting strength of positive gradients (eq. 5); paper default 4.
-        prior: the final layer's bias starts at logit(prior) (sec. 4.2, "0.001").
+        prior: the categories' biases start at logit(prior) (sec. 4.2, "0.001"), the
+            objectness bias at logit(1 - prior) (official code, :meth:`initial_task_logits`).
 
     Initial state: both accumulators are zero, which :func:`eqlv2_weights` reads as
     g_j = +inf, so f(g_j) = 1 and q_j = r_j = 1 exactly: the first iteration trains the
@@ -164,9 +166,24 @@ class EQLv2(AccumulatedGradientsMixin, Classifier):
         p_obj = p[:, -1:]
         return torch.cat([p[:, :-1] * p_obj, 1.0 - p_obj], dim=1)
 
+    def initial_task_logits(self) -> List[float]:
+        """(C + 1,) bias of each task at initialisation: logit(prior) for the C categories,
+        logit(1 - prior) for objectness.
+
+        The paper (sec. 4.2) starts every sigmoid at the prior 0.001. The official code
+        (tztztztztz/eqlv2, ``EQLv2`` loss and ``ConvFCBBoxHead.init_weights``) keeps a
+        *background* column, positive for background ROIs, whose bias also starts at
+        probability 0.001, and scores p_j (1 - p_bg). lt_d2's objectness column is that
+        column negated (the same loss: BCE(z, y) = BCE(-z, 1 - y)), so it starts at
+        1 - 0.001 and the initial scores are the official ones: p_j p_obj = 0.001 * 0.999.
+        """
+        start = prior_bias(self.prior)
+        return [start] * self.num_classes + [-start]
+
     def init_bias(self, bias: torch.Tensor) -> None:
-        """All C + 1 sigmoid biases start at logit(prior) (the paper's fc-cls init)."""
-        nn.init.constant_(bias, prior_bias(self.prior))
+        """The C + 1 sigmoid biases of :meth:`initial_task_logits`."""
+        with torch.no_grad():
+            bias.copy_(torch.tensor(self.initial_task_logits(), dtype=bias.dtype))
 
     def logit_columns(self) -> List[int]:
         """Categories occupy columns [0, C); the objectness column C is no category's."""

@@ -20,7 +20,7 @@ from typing import List, Tuple
 
 import torch
 
-from ..base import CLASSIFIER_REGISTRY, prior_bias
+from ..base import CLASSIFIER_REGISTRY
 from ..functional import one_hot_weighted_softmax2_bce, pair_differences
 from .eqlv2 import EQLv2
 
@@ -58,10 +58,11 @@ class EQLv2Softmax2C(EQLv2):
         return one_hot_weighted_softmax2_bce(logits, pos_rows, pos_cols, pos_weight, neg_weight)
 
     def init_bias(self, bias: torch.Tensor) -> None:
-        """ "yes" biases logit(prior), "others" biases 0, so every task starts at p = prior."""
+        """ "yes" biases :meth:`EQLv2.initial_task_logits`, "others" biases 0, so every task
+        starts where the sigmoid form's does (categories at prior, objectness at 1 - prior)."""
         half = self.num_classes + 1
         with torch.no_grad():
-            bias[:half] = prior_bias(self.prior)
+            bias[:half] = torch.tensor(self.initial_task_logits(), dtype=bias.dtype)
             bias[half:] = 0.0
 
     def logit_columns(self) -> List[int]:

@@ -404,9 +404,10 @@ class ATSS(DenseDetector):
             gt_labels, gt_boxes: per image, (R,) and (R, 4) from :meth:`label_anchors`.
 
         The classification and quality losses are normalised by the number of positive
-        anchors averaged over workers (at least 1). The GIoU loss is weighted by the
-        centerness targets and normalised by their worker-averaged sum in the centerness
-        variant (ATSS), and normalised like the others in the IoU variant.
+        anchors averaged over workers (at least 1). The GIoU loss is weighted by the quality
+        targets and normalised by their sum averaged over workers: the centerness targets
+        (ATSS), or the IoU targets with the sum over all workers taken at least 1 before the
+        average (the EFL authors' code, United-Perception's IoU-branch post-process).
         """
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -432,11 +433,12 @@ class ATSS(DenseDetector):
         if self.quality_branch == "centerness":
             centers = (pos_anchors[:, :2] + pos_anchors[:, 2:]) / 2
             quality_targets = centerness_targets(centers, pos_gt)
-            weight_sum = _mean_over_workers(quality_targets.sum())
-            loss_box = (box_losses * quality_targets).sum() / max(weight_sum, 1e-6)
+            weight_sum = max(_mean_over_workers(quality_targets.sum()), 1e-6)
         else:
             quality_targets = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(pos_gt))
-            loss_box = box_losses.sum() / normalizer
+            workers = comm.get_world_size()
+            weight_sum = max(_mean_over_workers(quality_targets.sum()) * workers, 1.0) / workers
+        loss_box = (box_losses * quality_targets).sum() / weight_sum
         loss_quality = (
             F.binary_cross_entropy_with_logits(pos_quality, quality_targets, reduction="sum")
             / normalizer

@@ -1,5 +1,6 @@
 """Standard and Cascade ROI heads whose box predictors delegate classification to a
-Classifier, with an optional IoU-balanced proposal sampler (Libra R-CNN sec. 3.1).
+Classifier, with an optional IoU-balanced proposal sampler (Libra R-CNN sec. 3.1), and a
+choice of how Cascade stages' scores combine at inference.
 
 Mask and keypoint heads are detectron2's, unchanged.
 """
@@ -11,15 +12,19 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from .box_predictor import LTBoxPredictor
 from .sampling import iou_balanced_subsample
 
-__all__ = ["LTStandardROIHeads", "LTCascadeROIHeads"]
+__all__ = ["LTStandardROIHeads", "LTCascadeROIHeads", "CASCADE_SCORE_AVERAGING"]
 
 _SAMPLERS = ("Random", "IoUBalanced")
+# How Cascade stages' classification outputs are averaged: "logits" (then the classifier's
+# activation; the official EQL v2 / BAGS cascade code) or "probs" (detectron2's).
+CASCADE_SCORE_AVERAGING = ("logits", "probs")
 
 
 class _BalancedSamplingMixin:
@@ -116,7 +121,63 @@ class LTStandardROIHeads(_BalancedSamplingMixin, StandardROIHeads):
 
 @ROI_HEADS_REGISTRY.register()
 class LTCascadeROIHeads(_BalancedSamplingMixin, CascadeROIHeads):
-    """CascadeROIHeads with an :class:`LTBoxPredictor` (own Classifier) in every stage."""
+    """CascadeROIHeads with an :class:`LTBoxPredictor` (own Classifier) in every stage.
+
+    At inference the K stages' scores are combined either as detectron2 does, the average of
+    the K stages' probabilities (``score_averaging="probs"``), or as the official EQL v2 and
+    BAGS code does (mmdetection's cascade test), the last stage's classifier applied to the
+    average of the K stages' logits (``"logits"``, the default: the papers are silent).
+    """
+
+    @configurable
+    def __init__(self, *, score_averaging: str = "logits", **kwargs):
+        """
+        Args:
+            score_averaging: "logits" or "probs" (:data:`CASCADE_SCORE_AVERAGING`).
+            kwargs: the Cascade ROI heads' own arguments.
+        """
+        super().__init__(**kwargs)
+        if score_averaging not in CASCADE_SCORE_AVERAGING:
+            raise ValueError(
+                f"MODEL.ROI_BOX_CASCADE_HEAD.SCORE_AVERAGING = '{score_averaging}' is unknown; "
+                f"choose one of {CASCADE_SCORE_AVERAGING}"
+            )
+        self.score_averaging = score_averaging
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["score_averaging"] = cfg.MODEL.ROI_BOX_CASCADE_HEAD.SCORE_AVERAGING
+        return ret
+
+    def _forward_box(self, features, proposals, targets=None):
+        """detectron2's, except at inference with ``score_averaging="logits"``: the stages
+        run as there (each refines the previous stage's boxes), then the scores are
+        ``predict_probs`` of the last stage's predictor on the (R, L) mean of the stages'
+        logits, and the boxes are the last stage's."""
+        if self.training or self.score_averaging == "probs":
+            return super()._forward_box(features, proposals, targets)
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        stage_logits, boxes = [], None
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
+            predictions = self._run_stage(features, proposals, k)
+            boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            stage_logits.append(predictions[0])
+        predictor = self.box_predictor[-1]
+        mean_logits = torch.stack(stage_logits).mean(dim=0)
+        scores = predictor.predict_probs((mean_logits, predictions[1]), proposals)
+        pred_instances, _ = fast_rcnn_inference(
+            boxes,
+            scores,
+            image_sizes,
+            predictor.test_score_thresh,
+            predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )
+        return pred_instances
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
