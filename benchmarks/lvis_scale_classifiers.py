@@ -38,8 +38,8 @@ detectron2 inference (``FastRCNNOutputLayers.inference``: score threshold 1e-4, 
 
 (run from the repository root). Writes ``results.md`` / ``results.json`` (the table),
 ``grad_ratio.png`` / ``weight_norm.png`` (one panel per run) and, per run,
-``<run>/balance/iter_*.npz`` (readable by ``python -m lt_d2.evaluation.plot_balance``) and
-the evaluator's per-category APs.
+``<run>/balance/iter_*.npz`` (readable by ``python -m lt_d2.evaluation.plot_balance``).
+Runs that fail are reported in the table and the others go on.
 """
 
 import argparse
