@@ -160,7 +160,10 @@ class CategoryStats:
 
         LVIS v0.5/v1 training files carry ``image_count``, ``instance_count`` and
         ``frequency`` for every category; categories are ordered by id, which maps to
-        contiguous ids in that order (as detectron2's ``load_lvis_json`` does).
+        contiguous ids in that order (as detectron2's ``load_lvis_json`` does). The number of
+        training images is the length of ``images``, or, for a file that holds only the
+        categories' counts (``datasets/lvis_v1_train_category_counts.json``), its
+        ``num_images``.
         """
         with open(json_file) as f:
             data = json.load(f)
@@ -169,14 +172,15 @@ class CategoryStats:
             return cls(
                 instance_counts=[c["instance_count"] for c in cats],
                 image_counts=[c["image_count"] for c in cats],
-                num_images=len(data["images"]),
+                num_images=data["num_images"] if "images" not in data else len(data["images"]),
                 names=[c["name"] for c in cats],
                 frequency=[c["frequency"] for c in cats],
             )
         except KeyError as e:
             raise ValueError(
                 f"{json_file}: LVIS categories need 'image_count', 'instance_count', "
-                f"'frequency' and 'name', and the file needs 'images'; missing key {e}"
+                f"'frequency' and 'name', and the file needs 'images' (or 'num_images'); "
+                f"missing key {e}"
             ) from e
 
     @classmethod

@@ -13,6 +13,7 @@ boundaries (10 | 11 images, 100 | 101 images) and on BAGS's instance-group bound
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ INSTANCES = [121, 22, 10, 3, 100, 101]
 FREQUENCY = ["f", "c", "r", "r", "c", "f"]
 BAGS_GROUPS = [2, 1, 1, 0, 2, 2]
 NUM_IMAGES = 120
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _hand_built_lvis(path) -> str:
@@ -113,6 +115,42 @@ def test_from_lvis_json_reads_hand_counts(hand_dataset):
     assert stats.frequency_mask("r").tolist() == [False, False, True, True, False, False]
     assert stats.instance_groups().tolist() == BAGS_GROUPS
     np.testing.assert_allclose(stats.image_frequency, np.asarray(IMAGES) / 120.0)
+
+
+def test_from_lvis_json_reads_a_counts_only_file(tmp_path):
+    # a file holding only the categories and num_images (the shipped LVIS v1 counts' format)
+    cats = [
+        {"id": 2, "name": "b", "frequency": "r", "image_count": 3, "instance_count": 4},
+        {"id": 1, "name": "a", "frequency": "f", "image_count": 150, "instance_count": 900},
+    ]
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps({"source": "hand", "num_images": 200, "categories": cats}))
+    stats = CategoryStats.from_lvis_json(str(path))
+    assert stats.num_images == 200
+    assert list(stats.names) == ["a", "b"]  # ordered by id
+    assert stats.instance_count_array.tolist() == [900, 4]
+    assert stats.image_count_array.tolist() == [150, 3]
+    assert stats.frequency_labels.tolist() == ["f", "r"]
+    path.write_text(json.dumps({"categories": cats}))
+    with pytest.raises(ValueError, match="num_images"):
+        CategoryStats.from_lvis_json(str(path))
+
+
+def test_shipped_lvis_v1_counts_match_the_lvis_v1_train_facts():
+    # LVIS v1 train: 1203 categories (337 rare, 461 common, 405 frequent), 100,170 images,
+    # 1,270,141 instances (Gupta et al. 2019; lvis_v1_train.json)
+    path = os.path.join(REPO, "datasets", "lvis_v1_train_category_counts.json")
+    stats = CategoryStats.from_lvis_json(path)
+    assert stats.num_classes == 1203 and stats.num_images == 100170
+    assert int(stats.instance_count_array.sum()) == 1270141
+    assert [int(stats.frequency_mask(g).sum()) for g in "rcf"] == [337, 461, 405]
+    # LVIS's own r/c/f labels follow its image-count rule (<= 10, <= 100, > 100)
+    derived = CategoryStats(
+        instance_counts=stats.instance_count_array.tolist(),
+        image_counts=stats.image_count_array.tolist(),
+        num_images=stats.num_images,
+    )
+    assert derived.frequency_labels.tolist() == stats.frequency_labels.tolist()
 
 
 def test_from_dataset_dicts_counts_annotations_and_agrees_with_json(hand_dataset):
