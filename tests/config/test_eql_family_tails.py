@@ -1,7 +1,8 @@
 """The tail of every EQL-family config (EQL, BackgroundEQL, DropLoss) on LVIS v1's own counts.
 
 The counts are facts from LVIS v1's train annotations (per category: image count and
-'r' / 'c' / 'f' label), read from the shared data folder beside the checkout. Each config's
+'r' / 'c' / 'f' label), read from the repository's copy (datasets/, source named in
+datasets/README.md). Each config's
 expected tail is derived here from the rule its paper or official config states, not from
 the code under test:
 
@@ -21,13 +22,11 @@ from conftest import REPO, load_config
 from lt_d2.classifiers import build_classifier
 from lt_d2.data.category_stats import CategoryStats
 
-COUNTS = os.path.join(REPO, "..", "shared", "data", "lvis_v1_train_category_counts.json")
+COUNTS = os.path.join(REPO, "datasets", "lvis_v1_train_category_counts.json")
 EQL_FAMILY = ("EQL", "BackgroundEQL", "DropLoss")
 
 
 def _lvis_v1():
-    if not os.path.isfile(COUNTS):
-        pytest.skip(f"LVIS v1 category counts not found at {COUNTS} (shared data folder)")
     with open(COUNTS) as f:
         return json.load(f)
 
