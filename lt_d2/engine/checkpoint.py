@@ -24,6 +24,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from lt_d2.classifiers import Classifier
+from lt_d2.classifiers.gradient_stats import GradientStats
 
 __all__ = ["LTCheckpointer", "classifier_record"]
 
@@ -91,14 +92,19 @@ class LTCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         self._check_classifiers(checkpoint.pop(RECORD_KEY, None))
         incompatible = super()._load_model(checkpoint)
-        if self.require_all_weights and incompatible is not None and incompatible.missing_keys:
-            missing = incompatible.missing_keys
+        missing = [] if incompatible is None else self._missing_weights(incompatible.missing_keys)
+        if self.require_all_weights and missing:
             raise ValueError(
                 f"{self._path} lacks {len(missing)} of the model's parameters (e.g. "
                 f"{missing[:3]}): evaluating would use randomly initialised layers. Set "
                 f"MODEL.WEIGHTS to a checkpoint of this detector (e.g. OUTPUT_DIR/model_final.pth)"
             )
         return incompatible
+
+    def _missing_weights(self, missing_keys):
+        """``missing_keys`` less GradientStats' buffers (diagnostics, not weights)."""
+        stats = [n for n, m in self.model.named_modules() if isinstance(m, GradientStats)]
+        return [k for k in missing_keys if not any(k.startswith(f"{n}.") for n in stats)]
 
     def _check_classifiers(self, saved) -> None:
         if not saved:
