@@ -49,7 +49,9 @@ def check_test_datasets(test_names: Sequence[str], train_names: Sequence[str]) -
     """Load every dataset in ``test_names`` (DATASETS.TEST) now and check that it has the
     categories of ``train_names[0]`` and that its images exist; errors name the dataset and
     its annotation file."""
-    train_classes = MetadataCatalog.get(train_names[0]).get("thing_classes", None)
+    train_classes = (
+        MetadataCatalog.get(train_names[0]).get("thing_classes", None) if train_names else None
+    )
     for name in test_names:
         try:
             dicts = DatasetCatalog.get(name)
