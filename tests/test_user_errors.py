@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import types
 import zipfile
 
 import numpy as np
@@ -29,7 +30,7 @@ from lt_d2.classifiers.two_stage.softmax_ce import SoftmaxCE
 from lt_d2.data import CategoryStats, read_lvis_json, register_lvis_format
 from lt_d2.data.stats_cli import main as stats_main
 from lt_d2.engine import LTCheckpointer, LTTrainer, check_config
-from lt_d2.engine.hooks import nonfinite_update_warnings
+from lt_d2.engine.hooks import NonFiniteStateHook, nonfinite_update_warnings
 from lt_d2.evaluation import LTLVISEvaluator
 from lt_d2.evaluation.plot_balance import main as plot_balance_main
 
@@ -76,6 +77,19 @@ def test_nonfinite_logit_is_not_folded_into_dense_state(cls, bad):
     assert (clf.neg_grad[[0, 2, 3]] > 0).all()
     (message,) = nonfinite_update_warnings(clf)
     assert cls.__name__ in message and "categories 1 " in message
+
+
+def test_skipped_update_is_reported_by_the_trainer_hook_at_its_period(caplog):
+    clf = EQLv2(num_classes=C).train()
+    clf.losses(*_two_stage_batch(float("nan"), num_logits=clf.num_logits))
+    hook = NonFiniteStateHook(period=20, names=["a", "b", "c", "d"])
+    hook.trainer = types.SimpleNamespace(model=clf, iter=18, max_iter=100)
+    with caplog.at_level(logging.WARNING, logger="lt_d2"):
+        hook.after_step()  # iteration 19: not a reporting iteration
+        assert caplog.text == ""
+        hook.trainer.iter = 19
+        hook.after_step()
+    assert "iteration 20: EQLv2" in caplog.text and "2 (c)" in caplog.text
 
 
 def test_nan_gradient_is_not_folded_into_gradient_stats():
