@@ -9,15 +9,16 @@ python train_net.py --config-file <yaml> --num-gpus 8 [--num-machines N --machin
 detectron2 whose launch supports it (main), N CPU processes joined by gloo.
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import lt_d2  # noqa: F401  (registers classifiers, heads and datasets)
 from lt_d2.compat import check_launch
 from lt_d2.config import add_lt_config
-from lt_d2.engine import LTTrainer, check_config
+from lt_d2.engine import LTCheckpointer, LTTrainer, check_config
 
 
 def setup(args):
@@ -32,11 +33,16 @@ def setup(args):
         ) from e
     try:
         cfg.merge_from_list(args.opts)
-    except KeyError as e:
-        raise KeyError(f"command line: {e.args[0]}. Check the key's spelling") from e
+    except (KeyError, AssertionError) as e:  # yacs: unknown key / odd number of KEY VALUE
+        raise KeyError(
+            f"command line: {e.args[0] if e.args else e}. Check the key's spelling (lt_d2's "
+            f"keys are in lt_d2/config/defaults.py) and that every key has a value"
+        ) from e
     cfg.freeze()
-    check_config(cfg)
+    check_config(cfg, eval_only=args.eval_only)
     default_setup(cfg, args)
+    # lt_d2's own loggers: console (main process) and OUTPUT_DIR/log.txt, as detectron2's
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lt_d2")
     return cfg
 
 
@@ -44,7 +50,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = LTTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, require_all_weights=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = LTTrainer.test(cfg, model)

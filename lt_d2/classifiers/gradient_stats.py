@@ -10,7 +10,9 @@ trained in balance.
 :class:`GradientStats` measures exactly the gradient that reaches the logits in backward,
 whatever the classifier, with a tensor hook (no second backward, no host sync), accumulates
 it on the device in registered buffers (checkpointed with the model) and all-reduces across
-workers only when asked (:meth:`GradientStats.synced`, called at logging time).
+workers only when asked (:meth:`GradientStats.synced`, called at logging time). A category
+whose gradient is not finite in a step is skipped and counted, never added
+(:func:`lt_d2.classifiers.state.add_finite_`; the trainer warns, naming the categories).
 
 Shape shorthand: R = ROIs (two-stage) or anchors (dense), C = foreground classes,
 L = the classifier's ``num_logits``.
@@ -24,7 +26,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .base import Classifier
-from .state import all_reduce_sum
+from .state import add_finite_, all_reduce_sum, register_nonfinite_counter
 
 __all__ = ["GradientStats", "GradientBalance", "gradient_ratio", "positive_negative_sums"]
 
@@ -137,6 +139,7 @@ class GradientStats(nn.Module):
         if not self._reuses_classifier_state:
             for buffer in ("pos_grad", "neg_grad", "pos_grad_local", "neg_grad_local"):
                 self.register_buffer(buffer, torch.zeros(num_classes))
+            register_nonfinite_counter(self, num_classes)
             self.register_load_state_dict_post_hook(_drop_other_workers_increments)
 
     @property
@@ -191,8 +194,9 @@ class GradientStats(nn.Module):
         with torch.no_grad():
             columns = None if self._first_columns else self.columns
             pos, neg = positive_negative_sums(grad, gt_classes, columns, self.num_classes)
-            self.pos_grad_local += pos
-            self.neg_grad_local += neg
+            add_finite_(
+                (self.pos_grad_local, self.neg_grad_local), (pos, neg), self.nonfinite_updates
+            )
 
     def synced(self) -> GradientBalance:
         """Accumulated sums over all workers (a collective call: every worker must call it).

@@ -7,6 +7,7 @@ Shape shorthand: C = number of categories (contiguous ids 0..C-1, detectron2's c
 """
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -190,23 +191,45 @@ class CategoryStats:
         LVIS-format datasets (metadata ``json_file`` whose categories carry counts) are read
         from their annotation file; any other registered dataset is counted from its dataset
         dicts. With ``cache_dir`` the result is written to / read from
-        ``<cache_dir>/<dataset_name>.category_stats.json``.
+        ``<cache_dir>/<dataset_name>.category_stats.json``, together with its source (the
+        annotation file's path, size and modification time, or a fingerprint of the dataset
+        dicts, see :func:`dataset_source`); a cache whose source differs from the dataset's
+        now is recomputed, with a log line. Where the statistics came from is logged.
         """
         from detectron2.data import DatasetCatalog, MetadataCatalog
 
         cache = os.path.join(cache_dir, f"{dataset_name}.category_stats.json") if cache_dir else ""
-        if cache and os.path.isfile(cache):
-            return cls.load(cache)
         meta = MetadataCatalog.get(dataset_name)
-        stats = None
         json_file = meta.get("json_file", None)
+        if json_file and not os.path.isfile(json_file):
+            # datasets prepared on first load (the demo) write their file in the loader;
+            # a file that is really missing fails there, naming the file
+            DatasetCatalog.get(dataset_name)
+        source = dataset_source(dataset_name)
+        if cache and os.path.isfile(cache):
+            with open(cache) as f:
+                cached = json.load(f)
+            if cached.get("source") == source:
+                logger.info(
+                    "Category statistics of '%s': %s (computed from %s)",
+                    dataset_name,
+                    cache,
+                    _describe(source),
+                )
+                return cls.load(cache)
+            logger.warning(
+                "Category statistics of '%s': the cache %s was computed from %s, the dataset "
+                "is now %s; recomputing it",
+                dataset_name,
+                cache,
+                _describe(cached.get("source")),
+                _describe(source),
+            )
+        stats = None
         if json_file and meta.get("evaluator_type", None) == "lvis":
-            if not os.path.isfile(json_file):
-                # datasets prepared on first load (the demo) write their file in the loader;
-                # a file that is really missing fails there, naming the file
-                DatasetCatalog.get(dataset_name)
             try:
                 stats = cls.from_lvis_json(json_file)
+                how = f"the per-category counts stored in {json_file}"
             except ValueError:
                 stats = None  # an LVIS-format file without per-category counts: count below
         if stats is None:
@@ -218,8 +241,20 @@ class CategoryStats:
                     f"category count is unknown; register it with thing_classes"
                 )
             stats = cls.from_dataset_dicts(dicts, len(names), names=list(names))
+            how = f"the {len(dicts)} images' annotations (dataset dicts)"
+        logger.info(
+            "Category statistics of '%s': counted from %s: %d categories (%d rare, %d common, "
+            "%d frequent), %d images",
+            dataset_name,
+            how,
+            stats.num_classes,
+            stats.frequency_mask("r").sum(),
+            stats.frequency_mask("c").sum(),
+            stats.frequency_mask("f").sum(),
+            stats.num_images,
+        )
         if cache:
-            stats.save(cache)
+            stats.save(cache, source=source)
         return stats
 
     @classmethod
@@ -246,19 +281,55 @@ class CategoryStats:
             "frequency": self.frequency_labels.tolist(),
         }
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, source: Optional[dict] = None) -> None:
+        """Write the statistics (and ``source``, what they were computed from) as JSON."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f)
+            json.dump(dict(self.to_dict(), source=source), f)
 
     @classmethod
     def load(cls, path: str) -> "CategoryStats":
         with open(path) as f:
-            return cls(**json.load(f))
+            data = json.load(f)
+        data.pop("source", None)
+        return cls(**data)
+
+
+def dataset_source(dataset_name: str) -> dict:
+    """What a registered dataset's statistics are computed from, to key their cache.
+
+    A dataset with an annotation file (metadata ``json_file``): its absolute path, size and
+    modification time (cheap to check on every run). Otherwise a SHA-1 of every image's file
+    name and annotation category ids (the dataset dicts are loaded for it).
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    if json_file and os.path.isfile(json_file):
+        st = os.stat(json_file)
+        return {
+            "json_file": os.path.abspath(json_file),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+        }
+    digest = hashlib.sha1()
+    for record in DatasetCatalog.get(dataset_name):
+        ids = [a.get("category_id") for a in record.get("annotations", [])]
+        digest.update(json.dumps([record.get("file_name"), ids]).encode())
+    return {"dataset_dicts_sha1": digest.hexdigest()}
+
+
+def _describe(source: Optional[dict]) -> str:
+    if not source:
+        return "an unrecorded source (a cache written by an older lt_d2)"
+    if "json_file" in source:
+        return f"{source['json_file']} ({source['size']} bytes, mtime_ns {source['mtime_ns']})"
+    return f"dataset dicts with fingerprint {source['dataset_dicts_sha1']}"
 
 
 @functools.lru_cache(maxsize=8)
-def _stats_of_datasets(names: tuple, cache_dir: str) -> CategoryStats:
+def _stats_of_datasets(names: tuple, cache_dir: str, files: tuple) -> CategoryStats:
+    del files  # part of the memo key only: a changed annotation file is read again
     return CategoryStats.merge([CategoryStats.from_dataset(n, cache_dir) for n in names])
 
 
@@ -270,4 +341,17 @@ def category_stats_from_cfg(cfg) -> CategoryStats:
     if not cfg.DATASETS.TRAIN:
         raise ValueError("DATASETS.TRAIN is empty: category statistics need a training set")
     cache_dir = cfg.DATASETS.CATEGORY_STATS_CACHE_DIR or cfg.OUTPUT_DIR
-    return _stats_of_datasets(tuple(cfg.DATASETS.TRAIN), cache_dir)
+    return _stats_of_datasets(tuple(cfg.DATASETS.TRAIN), cache_dir, _annotation_files(cfg))
+
+
+def _annotation_files(cfg) -> tuple:
+    """(path, size, mtime) of each training set's annotation file that exists now."""
+    from detectron2.data import MetadataCatalog
+
+    found = []
+    for name in cfg.DATASETS.TRAIN:
+        path = MetadataCatalog.get(name).get("json_file", None)
+        if path and os.path.isfile(path):
+            st = os.stat(path)
+            found.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+    return tuple(found)

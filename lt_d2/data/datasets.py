@@ -50,8 +50,9 @@ def read_lvis_json(json_file: str) -> Dict:
 
     Checks what detectron2's ``load_lvis_json`` and lvis-api rely on: the top-level lists,
     the per-entry keys in ``_REQUIRED_KEYS``, category ids 1..C (detectron2 maps id to
-    contiguous id - 1) and polygon segmentations with at least 3 points. Raises
-    FileNotFoundError / ValueError naming the file, the problem and the fix.
+    contiguous id - 1), annotation category ids among them, and polygon segmentations with
+    at least 3 points. Raises FileNotFoundError / ValueError naming the file, the problem
+    and the fix.
     """
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"LVIS annotation file {json_file} does not exist; {_HINT}")
@@ -85,6 +86,14 @@ def read_lvis_json(json_file: str) -> Dict:
         raise ValueError(
             f"{json_file}: category ids must be exactly 1..{len(ids)} (detectron2 maps id k to "
             f"class k - 1); renumber the categories and their annotations"
+        )
+    known = set(ids)
+    bad = [a for a in data["annotations"] if a["category_id"] not in known]
+    if bad:
+        raise ValueError(
+            f"{json_file}: {len(bad)} annotations have a category_id outside the file's "
+            f"categories 1..{len(ids)} (e.g. annotation {bad[0]['id']} with category_id "
+            f"{bad[0]['category_id']}): fix those annotations or add their categories"
         )
     for ann in data["annotations"]:
         segm = ann["segmentation"]

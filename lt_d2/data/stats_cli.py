@@ -63,9 +63,17 @@ def _stats_of_registered(name: str) -> CategoryStats:
             f"{sorted(n for n in DatasetCatalog.list() if 'lvis' in n)}"
         )
     json_file = MetadataCatalog.get(name).get("json_file", None)
-    if json_file and not os.path.isfile(json_file):
-        DatasetCatalog.get(name)  # lazily prepared datasets (the demo) write their file here
-    return CategoryStats.from_dataset(name)
+    try:
+        if json_file and not os.path.isfile(json_file):
+            DatasetCatalog.get(name)  # lazily prepared datasets (the demo) write their file here
+        return CategoryStats.from_dataset(name)
+    except FileNotFoundError as e:
+        root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+        raise SystemExit(
+            f"dataset '{name}' cannot be read: {e}. Download it and lay it out under "
+            f"DETECTRON2_DATASETS (now '{root}') as datasets/README.md describes, or give the "
+            f"annotation file with --json"
+        ) from e
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

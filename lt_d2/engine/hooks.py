@@ -16,6 +16,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from lt_d2.classifiers.gradient_stats import GradientStats
+from lt_d2.classifiers.state import pop_nonfinite_updates
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation.balance import (
     BALANCE_DIR,
@@ -28,6 +29,8 @@ from lt_d2.evaluation.balance import (
 
 __all__ = [
     "GradientBalanceHook",
+    "NonFiniteStateHook",
+    "nonfinite_update_warnings",
     "build_gradient_balance_hook",
     "classifier_weight_norms",
     "find_gradient_stats",
@@ -187,3 +190,39 @@ def build_gradient_balance_hook(cfg, category_stats: CategoryStats) -> Optional[
     if not cfg.MODEL.GRADIENT_STATS.ENABLED or cfg.DIAGNOSTICS.PERIOD <= 0:
         return None
     return GradientBalanceHook(cfg.DIAGNOSTICS.PERIOD, category_stats, cfg.OUTPUT_DIR)
+
+
+def nonfinite_update_warnings(model: nn.Module, names: Optional[List[str]] = None) -> List[str]:
+    """One message per classifier (or GradientStats) of ``model`` that skipped a non-finite
+    per-category update since the last call, naming it and the categories (``names``: the
+    (C,) category names, when known); clears the counters (:func:`pop_nonfinite_updates`)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    messages = []
+    for module_name, (class_name, counts) in pop_nonfinite_updates(model).items():
+        bad = counts.nonzero()[:, 0].tolist()
+        cats = [f"{j} ({names[j]})" if names else str(j) for j in bad[:10]]
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        messages.append(
+            f"{class_name} ('{module_name}'): non-finite logit gradients for categories "
+            f"{', '.join(cats)}{more} ({int(counts.sum())} per-category updates skipped); "
+            f"their accumulated state was left unchanged. Non-finite logits mean the model "
+            f"diverges: lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS"
+        )
+    return messages
+
+
+class NonFiniteStateHook(HookBase):
+    """Every ``period`` iterations (and after the last), warn about every stateful classifier
+    or GradientStats that skipped a non-finite update (see :mod:`lt_d2.classifiers.state`).
+    One host sync per stateful module per period; each worker reports its own."""
+
+    def __init__(self, period: int = 20, names: Optional[List[str]] = None):
+        self._period = period
+        self._names = names
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if next_iter % self._period == 0 or next_iter == self.trainer.max_iter:
+            for message in nonfinite_update_warnings(self.trainer.model, self._names):
+                logger.warning("iteration %d: %s", next_iter, message)

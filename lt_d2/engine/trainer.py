@@ -4,6 +4,7 @@ import logging
 import os
 
 import torch
+from detectron2.config import get_cfg
 from detectron2.data import (
     MetadataCatalog,
     build_detection_train_loader,
@@ -13,13 +14,16 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 
 from lt_d2.compat import cpu_ddp_model_creation
+from lt_d2.config import add_lt_config
 from lt_d2.data import category_stats_from_cfg
 from lt_d2.data.samplers import ClassBalancedTrainingSampler
+from lt_d2.data.validation import check_image_files, check_test_datasets
 from lt_d2.evaluation import build_lvis_evaluator, has_compiled_ops
 from lt_d2.modeling.roi_heads.decoupled import box_predictors, freeze_all_but_classifier
 
+from .checkpoint import LTCheckpointer
 from .gradient_clipping import build_optimizer
-from .hooks import build_gradient_balance_hook
+from .hooks import NonFiniteStateHook, build_gradient_balance_hook
 
 __all__ = ["LTTrainer", "check_config"]
 
@@ -44,11 +48,50 @@ def _model_num_classes(cfg) -> tuple:
     return f"MODEL.{node}.{key}", cfg.MODEL[node][key]
 
 
-def check_config(cfg) -> None:
-    """The checks train_net.py runs before building anything."""
+def check_config(cfg, eval_only: bool = False) -> None:
+    """The checks train_net.py runs before building anything (``eval_only``: for
+    ``--eval-only``)."""
     _check_device(cfg)
     _check_num_classes(cfg)
     _check_decoupled_weights(cfg)
+    _check_ignored_classifier_key(cfg)
+    if eval_only and not cfg.MODEL.WEIGHTS:
+        raise ValueError(
+            "--eval-only evaluates the model given by MODEL.WEIGHTS, which is empty: append "
+            "'MODEL.WEIGHTS <OUTPUT_DIR>/model_final.pth' to the command line"
+        )
+
+
+# The classifier key each meta-architecture reads, and the ones it ignores.
+_CLASSIFIER_KEYS = {
+    "GeneralizedRCNN": ("CLASSIFIER", ("DENSE_CLASSIFIER",)),
+    "ATSS": ("DENSE_CLASSIFIER", ("CLASSIFIER",)),
+    "LTRetinaNet": ("DENSE_CLASSIFIER", ("CLASSIFIER",)),
+    "RetinaNet": (None, ("CLASSIFIER", "DENSE_CLASSIFIER")),  # detectron2's: focal loss only
+}
+
+
+def _check_ignored_classifier_key(cfg) -> None:
+    """Refuse a classifier name the meta-architecture would ignore (set to a non-default)."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in _CLASSIFIER_KEYS:
+        return
+    used, ignored = _CLASSIFIER_KEYS[arch]
+    defaults = get_cfg()
+    add_lt_config(defaults)
+    for node in ignored:
+        value, default = cfg.MODEL[node].NAME, defaults.MODEL[node].NAME
+        if value == default:
+            continue
+        fix = (
+            f"set MODEL.{used}.NAME instead (now '{cfg.MODEL[used].NAME}')"
+            if used
+            else "set MODEL.META_ARCHITECTURE LTRetinaNet to choose a dense classifier"
+        )
+        raise ValueError(
+            f"MODEL.{node}.NAME = '{value}' is ignored by MODEL.META_ARCHITECTURE '{arch}': "
+            f"{fix}, and leave MODEL.{node}.NAME at its default '{default}'"
+        )
 
 
 def _check_decoupled_weights(cfg) -> None:
@@ -87,6 +130,8 @@ class LTTrainer(DefaultTrainer):
     instance-count bins, and lt_d2's diagnostics hooks."""
 
     def __init__(self, cfg):
+        # a test set that cannot be evaluated fails now, not after the whole training
+        check_test_datasets(cfg.DATASETS.TEST, cfg.DATASETS.TRAIN)
         # Several CPU processes (gloo) train one DistributedDataParallel model without device
         # ids (lt_d2.compat, difference 3); GPU jobs are wrapped as detectron2 does.
         with cpu_ddp_model_creation():
@@ -94,13 +139,23 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if cfg.DATALOADER.SAMPLER_TRAIN != "ClassBalancedTrainingSampler":
-            # detectron2 handles TrainingSampler and RepeatFactorTrainingSampler (RFS).
-            return build_detection_train_loader(cfg)
+        """detectron2's loader (TrainingSampler, RepeatFactorTrainingSampler) or lt_d2's
+        ClassBalancedTrainingSampler, on dataset dicts loaded once and checked first: every
+        image file must exist."""
         dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-        sampler = ClassBalancedTrainingSampler(dataset, seed=cfg.SEED if cfg.SEED >= 0 else None)
+        check_image_files(dataset, cfg.DATASETS.TRAIN)
+        sampler = None  # detectron2 builds the one DATALOADER.SAMPLER_TRAIN names
+        if cfg.DATALOADER.SAMPLER_TRAIN == "ClassBalancedTrainingSampler":
+            sampler = ClassBalancedTrainingSampler(
+                dataset, seed=cfg.SEED if cfg.SEED >= 0 else None
+            )
         return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
 
     @classmethod
@@ -127,12 +182,22 @@ class LTTrainer(DefaultTrainer):
         """detectron2's hooks plus the gradient-balance diagnostics, placed before the
         checkpointer (so that checkpoints hold every worker's synced statistics) and hence
         before the writers (so that what it logs is written at the same iteration)."""
+        # detectron2 made its checkpointer before building the hooks: swap in lt_d2's (same
+        # files, plus the classifier record) before the PeriodicCheckpointer captures it
+        self.checkpointer = LTCheckpointer(
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            allow_classifier_change=self.cfg.MODEL.DECOUPLE.ENABLED,
+            **self.checkpointer.checkpointables,
+        )
         hook_list = super().build_hooks()
         balance = build_gradient_balance_hook(self.cfg, category_stats_from_cfg(self.cfg))
         if balance is not None:
             later = (hooks.PeriodicCheckpointer, hooks.EvalHook, hooks.PeriodicWriter)
             first = [i for i, h in enumerate(hook_list) if isinstance(h, later)]
             hook_list.insert(first[0] if first else len(hook_list), balance)
+        names = category_stats_from_cfg(self.cfg).names
+        hook_list.append(NonFiniteStateHook(names=names and list(names)))
         return hook_list
 
     @classmethod

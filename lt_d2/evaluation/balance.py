@@ -14,6 +14,8 @@ Shape shorthand: C = categories, S = stages.
 import glob
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -81,9 +83,10 @@ def save_balance_dump(path: str, dump: BalanceDump) -> None:
 
 
 def load_balance_dump(path: str) -> BalanceDump:
-    """Read a file written by :func:`save_balance_dump`."""
-    with np.load(path, allow_pickle=False) as data:
-        try:
+    """Read a file written by :func:`save_balance_dump`; a damaged or foreign file raises
+    ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
             stages = [str(s) for s in data["stages"]]
             arrays: List[Dict[str, np.ndarray]] = [{} for _ in stages]
             for key in data.files:
@@ -97,10 +100,15 @@ def load_balance_dump(path: str) -> BalanceDump:
                 stages=stages,
                 arrays=arrays,
             )
-        except (KeyError, IndexError) as e:
-            raise ValueError(
-                f"{path} is not a balance dump of lt_d2's GradientBalanceHook ({e})"
-            ) from e
+    except (KeyError, IndexError) as e:
+        raise ValueError(
+            f"{path} is not a balance dump of lt_d2's GradientBalanceHook ({e})"
+        ) from e
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+        raise ValueError(
+            f"{path} cannot be read as a balance dump ({type(e).__name__}: {e}): the file is "
+            f"truncated or damaged (a run stopped while writing it?); delete it and run again"
+        ) from e
 
 
 def list_balance_dumps(run_dir: str) -> List[str]:

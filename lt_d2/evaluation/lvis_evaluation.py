@@ -174,7 +174,12 @@ class LTLVISEvaluator(LVISEvaluator):
             return {"AP": float("nan")}
         lvis_eval = run_lvis_eval(self._lvis_api, lvis_results, task, self._max_dets_per_image)
         lvis_eval.print_results()
-        results = {k: float(v) * 100 for k, v in lvis_eval.get_results().items()}
+        # lvis-api writes -1 for a group without categories (APr on a validation set with no
+        # rare category): nan, as for an empty bin below, never -100
+        results = {
+            k: float("nan") if v == -1 else float(v) * 100
+            for k, v in lvis_eval.get_results().items()
+        }
 
         ap = per_category_ap(
             lvis_eval.eval["precision"], lvis_eval.params.area_rng_lbl.index("all")

@@ -16,6 +16,9 @@ iterations so far. They come out of the fused loss pass (no backward hook); the 
 the state before the current batch. A constant weight applied to ``loss_cls`` outside scales
 both sums alike and leaves g_j unchanged. With no negative gradient seen yet (the initial all-zero
 state), g_j = 1, so the first iteration is exactly focal loss.
+A category whose increment is not finite (a NaN logit, or +inf for the focal losses) keeps its
+state and is counted; the trainer warns, naming it (:mod:`lt_d2.classifiers.state`: skipped on
+the device rather than raised, so no host sync per step).
 
 Shape shorthand: N = anchors of the whole batch, C = foreground classes.
 """

@@ -11,6 +11,9 @@ State: ``pos_grad`` and ``neg_grad`` (C,) float64 buffers, accumulated from the 
 over all anchors, images, workers and iterations. The initial all-zero state gives
 q_j = r_j = 1 (see :func:`lt_d2.classifiers.functional.eqlv2_weights`): the first iteration
 is plain focal loss.
+A category whose increment is not finite (a NaN logit, or +inf for the focal losses) keeps its
+state and is counted; the trainer warns, naming it (:mod:`lt_d2.classifiers.state`: skipped on
+the device rather than raised, so no host sync per step).
 
 Shape shorthand: N = anchors of the whole batch, C = foreground classes.
 """

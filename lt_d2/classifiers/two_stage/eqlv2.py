@@ -16,6 +16,9 @@ State: ``pos_grad`` and ``neg_grad`` (C,) float64 buffers, the accumulated magni
 eq. 9. They are computed from the closed-form gradient of the weighted loss with respect to
 the logits inside :meth:`EQLv2.losses` (no backward hooks), summed over every worker when
 ``torch.distributed`` runs more than one process, and saved in checkpoints.
+A category whose increment is not finite (a NaN logit) keeps its
+state and is counted; the trainer warns, naming it (:mod:`lt_d2.classifiers.state`: skipped on
+the device rather than raised, so no host sync per step).
 
 Shape shorthand: R = ROIs, C = foreground classes, L = ``num_logits``.
 """

@@ -12,6 +12,8 @@ objectness "object" logit, columns [C + 1, 2C + 1) the categories' "others" logi
 order), column 2C + 1 the "not an object" logit. The first C + 1 columns thus match
 :class:`EQLv2`'s layout and the second block mirrors it.
 
+State: :class:`EQLv2`'s, non-finite increments included (skipped and reported, not folded in).
+
 Shape shorthand: R = ROIs, C = foreground classes, L = ``num_logits``.
 """
 

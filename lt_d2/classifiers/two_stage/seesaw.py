@@ -22,6 +22,7 @@ Logit layout (L = C + 2): columns [0, C) the classes, column C background, colum
 
 State: ``cum_samples`` (C,) float64 buffer, the accumulated foreground ROI count N of each
 class, summed over all workers and saved in checkpoints.
+It counts labels only, so no logit (finite or not) can enter it.
 
 Shape shorthand: R = ROIs, F = foreground ROIs, C = foreground classes, L = ``num_logits``.
 """
