@@ -427,14 +427,14 @@ def weight_norms(predictor: LTBoxPredictor) -> np.ndarray:
 
 
 def _dump(predictor: LTBoxPredictor, step: int, stats: CategoryStats, run_dir: str) -> Dict:
-    balance = predictor.gradient_stats.synced()
+    balance = predictor.gradient_balance()
     arrays = {
         "pos": balance.pos.numpy(),
         "neg": balance.neg.numpy(),
         "ratio": balance.ratio.numpy(),
         "weight_norm": weight_norms(predictor),
     }
-    for name, value in predictor.gradient_stats.balance_weights().items():
+    for name, value in predictor.classifier.balance_weights().items():
         arrays[f"weight_{name}"] = value.detach().float().numpy()
     dump = BalanceDump(step, stats.instance_count_array, stats.frequency_labels, ["sim"], [arrays])
     save_balance_dump(os.path.join(run_dir, "balance", f"iter_{step:07d}.npz"), dump)

@@ -28,9 +28,9 @@ __all__ = [
 
 CLASSIFIER_REGISTRY = Registry("CLASSIFIER")
 CLASSIFIER_REGISTRY.__doc__ = """
-Two-stage (ROI head) classifiers. Each is built with
-``cls(cfg, num_classes=C, category_stats=stats)`` through its ``@configurable`` ``from_config``
-and must be a :class:`Classifier`.
+Two-stage (ROI head) classifiers. Each is built with ``cls(cfg, num_classes=C)`` through its
+``@configurable`` ``from_config`` (plus ``category_stats=stats`` when the class sets
+``uses_category_stats``) and must be a :class:`Classifier`.
 """
 
 DENSE_CLASSIFIER_REGISTRY = Registry("DENSE_CLASSIFIER")
@@ -80,7 +80,14 @@ class Classifier(nn.Module):
     Subclasses implement :attr:`num_logits`, :meth:`losses` and :meth:`predict_probs`, and
     override :meth:`init_bias`, :meth:`logit_columns` and :meth:`accumulated_gradients`
     where their method needs it.
+
+    A method defined by the training set's category statistics (EQL's tail, BAGS's groups,
+    ...) sets the class attribute ``uses_category_stats = True``; only then does the builder
+    compute them and pass them to ``from_config`` as ``category_stats``.
     """
+
+    #: Whether ``from_config`` takes the training set's CategoryStats (``category_stats``).
+    uses_category_stats: bool = False
 
     def __init__(self, *, num_classes: int):
         super().__init__()

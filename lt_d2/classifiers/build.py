@@ -1,13 +1,12 @@
 """Builders that turn a config's classifier name into a Classifier instance."""
 
-from typing import TYPE_CHECKING
+from typing import Optional
 
 from detectron2.config import CfgNode
 
-from .base import CLASSIFIER_REGISTRY, DENSE_CLASSIFIER_REGISTRY, Classifier, DenseClassifier
+from lt_d2.data import CategoryStats, category_stats_from_cfg
 
-if TYPE_CHECKING:
-    from lt_d2.data import CategoryStats
+from .base import CLASSIFIER_REGISTRY, DENSE_CLASSIFIER_REGISTRY, Classifier, DenseClassifier
 
 __all__ = ["build_classifier", "build_dense_classifier"]
 
@@ -16,17 +15,31 @@ def _registered(registry) -> str:
     return ", ".join(sorted(name for name, _ in registry))
 
 
-def _check_stats(num_classes: int, category_stats: "CategoryStats") -> None:
+def _build(cfg: CfgNode, cls, num_classes: int, category_stats: Optional[CategoryStats]):
+    """``cls`` built from ``cfg``. Category statistics reach only a class that declares
+    ``uses_category_stats``; they are computed from ``cfg.DATASETS.TRAIN`` when not given, and
+    refused when their category count is not the model's."""
+    if category_stats is None and cls.uses_category_stats:
+        category_stats = category_stats_from_cfg(cfg)
     if category_stats is not None and category_stats.num_classes != num_classes:
         raise ValueError(
             f"category statistics describe {category_stats.num_classes} categories but the "
             f"model has {num_classes}: set the model's NUM_CLASSES to the dataset's category "
             f"count (DATASETS.TRAIN) or point DATASETS.TRAIN at the intended dataset"
         )
+    if not cls.uses_category_stats:
+        return cls(cfg, num_classes=num_classes)
+    return cls(cfg, num_classes=num_classes, category_stats=category_stats)
 
 
-def build_classifier(cfg: CfgNode, num_classes: int, category_stats: "CategoryStats") -> Classifier:
-    """The two-stage classifier named by ``cfg.MODEL.CLASSIFIER.NAME``."""
+def build_classifier(
+    cfg: CfgNode, num_classes: int, category_stats: Optional[CategoryStats] = None
+) -> Classifier:
+    """The two-stage classifier named by ``cfg.MODEL.CLASSIFIER.NAME``.
+
+    ``category_stats``: the training set's statistics, for a classifier that uses them;
+    None computes them from ``cfg.DATASETS.TRAIN``, only when the classifier uses them.
+    """
     name = cfg.MODEL.CLASSIFIER.NAME
     if name not in CLASSIFIER_REGISTRY:
         hint = (
@@ -39,16 +52,14 @@ def build_classifier(cfg: CfgNode, num_classes: int, category_stats: "CategorySt
             f"MODEL.CLASSIFIER.NAME = '{name}' is not a registered two-stage classifier; "
             f"choose one of: {_registered(CLASSIFIER_REGISTRY)}.{hint}"
         )
-    _check_stats(num_classes, category_stats)
-    return CLASSIFIER_REGISTRY.get(name)(
-        cfg, num_classes=num_classes, category_stats=category_stats
-    )
+    return _build(cfg, CLASSIFIER_REGISTRY.get(name), num_classes, category_stats)
 
 
 def build_dense_classifier(
-    cfg: CfgNode, num_classes: int, category_stats: "CategoryStats"
+    cfg: CfgNode, num_classes: int, category_stats: Optional[CategoryStats] = None
 ) -> DenseClassifier:
-    """The one-stage classifier named by ``cfg.MODEL.DENSE_CLASSIFIER.NAME``."""
+    """The one-stage classifier named by ``cfg.MODEL.DENSE_CLASSIFIER.NAME`` (statistics as
+    in :func:`build_classifier`)."""
     name = cfg.MODEL.DENSE_CLASSIFIER.NAME
     if name not in DENSE_CLASSIFIER_REGISTRY:
         hint = (
@@ -61,7 +72,4 @@ def build_dense_classifier(
             f"MODEL.DENSE_CLASSIFIER.NAME = '{name}' is not a registered dense classifier; "
             f"choose one of: {_registered(DENSE_CLASSIFIER_REGISTRY)}.{hint}"
         )
-    _check_stats(num_classes, category_stats)
-    return DENSE_CLASSIFIER_REGISTRY.get(name)(
-        cfg, num_classes=num_classes, category_stats=category_stats
-    )
+    return _build(cfg, DENSE_CLASSIFIER_REGISTRY.get(name), num_classes, category_stats)

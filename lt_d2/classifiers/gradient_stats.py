@@ -19,7 +19,7 @@ L = the classifier's ``num_logits``.
 """
 
 import logging
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.utils import comm
@@ -28,7 +28,13 @@ from torch import nn
 from .base import Classifier
 from .state import add_finite_, all_reduce_sum, register_nonfinite_counter
 
-__all__ = ["GradientStats", "GradientBalance", "gradient_ratio", "positive_negative_sums"]
+__all__ = [
+    "GradientStats",
+    "GradientBalance",
+    "gradient_balance",
+    "gradient_ratio",
+    "positive_negative_sums",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +100,9 @@ class GradientStats(nn.Module):
         losses = self.classifier.losses(logits, gt_classes, ...)
 
     Where the classifier keeps these sums as its own state (``accumulated_gradients()`` is
-    not None: EQL v2, EFL), they are read from it and nothing is computed twice.
+    not None: EQL v2, EFL), nothing is computed twice: :meth:`observe` does nothing and
+    :func:`gradient_balance` reads the classifier's sums. GradientStats holds no reference to
+    the classifier; the head owns both.
 
     State (registered buffers, saved in checkpoints):
         pos_grad, neg_grad: (C,) sums over all workers as of the last :meth:`synced`.
@@ -132,9 +140,6 @@ class GradientStats(nn.Module):
         self.classifier_name = name
         self._first_columns = columns == list(range(num_classes))
         self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64), False)
-        # A plain tuple keeps the classifier out of this module's submodules (and state_dict):
-        # the head owns it.
-        self._classifier = (classifier,)
         self._reuses_classifier_state = classifier.accumulated_gradients() is not None
         if not self._reuses_classifier_state:
             for buffer in ("pos_grad", "neg_grad", "pos_grad_local", "neg_grad_local"):
@@ -150,10 +155,6 @@ class GradientStats(nn.Module):
     def logit_columns(self) -> List[int]:
         """(C,) logit column of each category (to map final-layer rows to categories)."""
         return self.columns.tolist()
-
-    def balance_weights(self) -> Dict[str, torch.Tensor]:
-        """The classifier's current per-category weights (``Classifier.balance_weights``)."""
-        return self._classifier[0].balance_weights()
 
     def reset(self) -> None:
         """Forget the accumulated sums (a re-initialised classification layer starts a new
@@ -201,15 +202,14 @@ class GradientStats(nn.Module):
     def synced(self) -> GradientBalance:
         """Accumulated sums over all workers (a collective call: every worker must call it).
 
-        Own sums: this worker's increments are all-reduced (summed) into the totals and reset,
-        so calling it at every logging period sums each increment exactly once. Reused
-        classifier sums are already global (classifier state is kept equal across workers)
-        and are returned as they are.
+        This worker's increments are all-reduced (summed) into the totals and reset, so
+        calling it at every logging period sums each increment exactly once.
         """
         if self._reuses_classifier_state:
-            pos, neg = self._classifier[0].accumulated_gradients()
-            pos, neg = pos.detach().float(), neg.detach().float()
-            return GradientBalance(pos, neg, gradient_ratio(pos, neg))
+            raise RuntimeError(
+                f"GradientStats of {self.classifier_name} keeps no sums of its own (the "
+                f"classifier does): read them with gradient_balance(classifier, stats)"
+            )
         increments = all_reduce_sum(torch.stack([self.pos_grad_local, self.neg_grad_local]))
         self.pos_grad += increments[0]
         self.neg_grad += increments[1]
@@ -221,6 +221,19 @@ class GradientStats(nn.Module):
     def extra_repr(self) -> str:
         source = "classifier's own sums" if self._reuses_classifier_state else "logit hook"
         return f"classifier={self.classifier_name}, num_classes={self.num_classes}, {source}"
+
+
+def gradient_balance(classifier: Classifier, stats: GradientStats) -> GradientBalance:
+    """The accumulated per-category gradients of ``classifier`` measured by ``stats``, summed
+    over all workers (a collective call when ``stats`` keeps its own sums).
+
+    A classifier that keeps the sums as its state (EQL v2, EFL) is read directly: its state is
+    already equal on all workers.
+    """
+    if not stats.reuses_classifier_state:
+        return stats.synced()
+    pos, neg = (x.detach().float() for x in classifier.accumulated_gradients())
+    return GradientBalance(pos, neg, gradient_ratio(pos, neg))
 
 
 def _drop_other_workers_increments(module: GradientStats, incompatible_keys) -> None:

@@ -15,7 +15,6 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from lt_d2.classifiers.gradient_stats import GradientStats
 from lt_d2.classifiers.state import pop_nonfinite_updates
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation.balance import (
@@ -26,6 +25,7 @@ from lt_d2.evaluation.balance import (
     group_means,
     save_balance_dump,
 )
+from lt_d2.modeling.classifier_head import ClassifierHead, classifier_heads
 
 __all__ = [
     "GradientBalanceHook",
@@ -33,65 +33,41 @@ __all__ = [
     "nonfinite_update_warnings",
     "build_gradient_balance_hook",
     "classifier_weight_norms",
-    "find_gradient_stats",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def classifier_weight_norms(layer: nn.Module, stats: GradientStats) -> np.ndarray:
-    """(C,) L2 norm of each category's weights in the final classification layer
+def classifier_weight_norms(head: ClassifierHead) -> np.ndarray:
+    """(C,) L2 norm of each category's weights in the head's final classification layer
     ([EQLv2] Fig. 3, [BAGS] Fig. 1).
 
-    ``layer`` is an ``nn.Linear`` with (L, D) weight (ROI heads) or an ``nn.Conv2d`` with
-    (A * L, D, k, k) weight whose channels are anchor-major (dense heads; the norm is averaged
-    over the A anchors). Category j's row is ``stats.logit_columns()[j]``.
+    The layer (:meth:`ClassifierHead.classification_layer`) is an ``nn.Linear`` with (L, D)
+    weight (ROI heads) or an ``nn.Conv2d`` with (A * L, D, k, k) weight whose channels are
+    anchor-major (dense heads; the norm is averaged over the A anchors). Category j's row is
+    ``classifier.logit_columns()[j]``.
     """
+    layer, classifier = head.classification_layer(), head.classifier
     weight = getattr(layer, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         raise ValueError(
             f"the classification layer {type(layer).__name__} has no (out, in, ...) weight"
         )
     rows = torch.linalg.vector_norm(weight.detach().flatten(1).float(), dim=1)
-    if rows.numel() % stats.num_logits:
+    num_logits = classifier.num_logits
+    if rows.numel() % num_logits:
         raise ValueError(
             f"the classification layer has {rows.numel()} outputs, not a multiple of the "
-            f"classifier's {stats.num_logits} logits ({stats.classifier_name})"
+            f"classifier's {num_logits} logits ({type(classifier).__name__})"
         )
-    per_anchor = rows.view(-1, stats.num_logits)[:, stats.columns.to(rows.device)]
-    return per_anchor.mean(0).cpu().numpy()
-
-
-def _final_layer(owner: nn.Module) -> Optional[nn.Module]:
-    """The classification layer next to a GradientStats: ``owner.cls_score`` (detectron2's
-    FastRCNNOutputLayers, lt_d2's box predictor) or ``owner.head.cls_score`` (RetinaNet /
-    ATSS meta-architectures, whose head module holds the layer)."""
-    layer = getattr(owner, "cls_score", None)
-    if layer is None and isinstance(getattr(owner, "head", None), nn.Module):
-        layer = getattr(owner.head, "cls_score", None)
-    return layer if isinstance(layer, nn.Module) else None
-
-
-def find_gradient_stats(
-    model: nn.Module,
-) -> List[Tuple[str, GradientStats, Optional[nn.Module]]]:
-    """Every GradientStats in ``model`` (DDP-wrapped or not), in module order, as
-    (name of the module owning it, the GradientStats, that module's classification layer or
-    None)."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    modules = dict(model.named_modules())
-    found = []
-    for name, module in modules.items():
-        if isinstance(module, GradientStats):
-            owner_name = name.rpartition(".")[0]
-            found.append((owner_name, module, _final_layer(modules[owner_name])))
-    return found
+    columns = torch.as_tensor(classifier.logit_columns(), device=rows.device)
+    return rows.view(-1, num_logits)[:, columns].mean(0).cpu().numpy()
 
 
 class GradientBalanceHook(HookBase):
-    """Every ``period`` iterations (and after the last), all-reduce every GradientStats of
-    the model and log, per stage (suffix ``_stage<k>`` when there are several):
+    """Every ``period`` iterations (and after the last), all-reduce the gradient statistics
+    of every :class:`~lt_d2.modeling.classifier_head.ClassifierHead` of the model and log,
+    per stage (suffix ``_stage<k>`` when there are several):
 
     - scalars ``lt/grad_ratio_{r,c,f}``: mean accumulated pos/neg gradient ratio of the
       rare / common / frequent categories ([EQLv2] eq. 9, Fig. 1/2);
@@ -112,27 +88,27 @@ class GradientBalanceHook(HookBase):
         self._period = period
         self._category_stats = category_stats
         self._output_dir = output_dir
-        self._stats: List[Tuple[str, GradientStats, Optional[nn.Module]]] = []
+        self._heads: List[Tuple[str, ClassifierHead]] = []
 
     def before_train(self):
-        self._stats = find_gradient_stats(self.trainer.model)
-        if not self._stats:
+        self._heads = [
+            (name, head)
+            for name, head in classifier_heads(self.trainer.model)
+            if head.gradient_stats is not None
+        ]
+        if not self._heads:
             logger.warning(
-                "GradientBalanceHook: the model has no GradientStats (MODEL.GRADIENT_STATS."
-                "ENABLED False, or a head without one): no balance statistics are logged"
+                "GradientBalanceHook: the model has no lt_d2 head with gradient statistics "
+                "(MODEL.GRADIENT_STATS.ENABLED False, or detectron2's own heads): no balance "
+                "statistics are logged"
             )
         num_classes = self._category_stats.num_classes
-        for name, stats, layer in self._stats:
-            if stats.num_classes != num_classes:
+        for name, head in self._heads:
+            if head.classifier.num_classes != num_classes:
                 raise ValueError(
-                    f"GradientStats of '{name}' has {stats.num_classes} categories, the "
-                    f"training set's statistics {num_classes}: NUM_CLASSES and DATASETS.TRAIN "
-                    f"disagree"
-                )
-            if layer is None:
-                logger.warning(
-                    f"GradientBalanceHook: '{name}' has no 'cls_score' (or 'head.cls_score') "
-                    f"layer, so its weight norms are not logged"
+                    f"the classifier of '{name}' has {head.classifier.num_classes} categories, "
+                    f"the training set's statistics {num_classes}: {head.num_classes_key} and "
+                    f"DATASETS.TRAIN disagree"
                 )
 
     def after_step(self):
@@ -144,16 +120,15 @@ class GradientBalanceHook(HookBase):
         """Sync every GradientStats (all workers) and, on the main process, write scalars,
         images and the dump for ``iteration`` completed iterations."""
         stages = []
-        for name, stats, layer in self._stats:
-            balance = stats.synced()
+        for name, head in self._heads:
+            balance = head.gradient_balance()
             arrays = {
                 "pos": balance.pos.cpu().numpy(),
                 "neg": balance.neg.cpu().numpy(),
                 "ratio": balance.ratio.cpu().numpy(),
+                "weight_norm": classifier_weight_norms(head),
             }
-            if layer is not None:
-                arrays["weight_norm"] = classifier_weight_norms(layer, stats)
-            for key, value in stats.balance_weights().items():
+            for key, value in head.classifier.balance_weights().items():
                 arrays[f"weight_{key}"] = value.detach().float().cpu().numpy()
             stages.append((name, arrays))
         if not stages or not comm.is_main_process():
@@ -169,7 +144,8 @@ class GradientBalanceHook(HookBase):
                         storage.put_scalar(
                             f"lt/{scalar}_{group}{suffix}", mean, smoothing_hint=False
                         )
-            title = f"{name or 'model'} ({self._stats[k][1].classifier_name}), iter {iteration}"
+            classifier_name = type(self._heads[k][1].classifier).__name__
+            title = f"{name or 'model'} ({classifier_name}), iter {iteration}"
             image = figure_to_image(balance_figure(arrays, counts, title))
             storage.put_image(f"lt/balance{suffix}", image)
         dump = BalanceDump(

@@ -12,10 +12,10 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from lt_d2.classifiers import Classifier
-from lt_d2.classifiers.gradient_stats import GradientStats
 from lt_d2.data import CategoryStats
 from lt_d2.engine.hooks import GradientBalanceHook, classifier_weight_norms
 from lt_d2.evaluation.balance import list_balance_dumps, load_balance_dump
+from lt_d2.modeling.classifier_head import ClassifierHead
 
 C, D = 6, 8
 # two categories of each frequency group: rare (<= 10 images), common, frequent
@@ -38,18 +38,21 @@ class _Softmax(Classifier):
         return {"q": torch.linspace(1.0, 2.0, self.num_classes)}
 
 
-class _Predictor(nn.Module):
-    """A box-predictor look-alike: cls_score + classifier + gradient_stats."""
+class _Predictor(ClassifierHead, nn.Module):
+    """A minimal ClassifierHead: one linear layer classified by _Softmax."""
 
-    def __init__(self):
+    num_classes_key = "MODEL.ROI_HEADS.NUM_CLASSES"
+
+    def __init__(self, layer=None):
         super().__init__()
-        self.cls_score = nn.Linear(D, C + 1)
-        self.classifier = _Softmax(num_classes=C)
-        self.gradient_stats = GradientStats(self.classifier)
+        self.attach_classifier(_Softmax(num_classes=C), gradient_stats=True)
+        self.layer = nn.Linear(D, C + 1) if layer is None else layer
+
+    def classification_layer(self):
+        return self.layer
 
     def loss(self, x, gt):
-        logits = self.gradient_stats.observe(self.cls_score(x), gt)
-        return self.classifier.losses(logits, gt)["loss_cls"]
+        return self.classification_losses(self.layer(x), gt)["loss_cls"]
 
 
 class _Cascade(nn.Module):
@@ -88,7 +91,7 @@ def test_scalars_images_and_dumps(tmp_path):
     latest = storage.latest()
     freq = STATS.frequency_labels
     ratio = model.gradient_stats.synced().ratio.numpy()  # nothing new since the last log
-    norms = model.cls_score.weight.detach().norm(dim=1).numpy()[:C]
+    norms = model.layer.weight.detach().norm(dim=1).numpy()[:C]
     for g in "rcf":
         assert latest[f"lt/grad_ratio_{g}"][0] == pytest.approx(ratio[freq == g].mean())
         assert latest[f"lt/weight_norm_{g}"][0] == pytest.approx(norms[freq == g].mean())
@@ -126,16 +129,15 @@ def test_cascade_stages_get_suffixes(tmp_path):
 def test_dense_conv_weight_norms_average_anchors():
     torch.manual_seed(0)
     num_anchors = 3
-    stats = GradientStats(_Softmax(num_classes=C))  # L = C + 1 logits per anchor
-    conv = nn.Conv2d(D, num_anchors * (C + 1), 3)
+    conv = nn.Conv2d(D, num_anchors * (C + 1), 3)  # L = C + 1 logits per anchor
     w = conv.weight.detach()
     expected = np.zeros(C)
     for j in range(C):
         for a in range(num_anchors):
             expected[j] += float(w[a * (C + 1) + j].pow(2).sum().sqrt()) / num_anchors
-    np.testing.assert_allclose(classifier_weight_norms(conv, stats), expected, rtol=1e-5)
+    np.testing.assert_allclose(classifier_weight_norms(_Predictor(conv)), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="not a multiple"):
-        classifier_weight_norms(nn.Linear(D, C), stats)
+        classifier_weight_norms(_Predictor(nn.Linear(D, C)))
 
 
 def test_mismatched_category_count_fails_before_training(tmp_path):

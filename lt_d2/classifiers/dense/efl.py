@@ -98,7 +98,7 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
         self._init_accumulated_gradients(num_classes)
 
     @classmethod
-    def from_config(cls, cfg, num_classes, category_stats=None):
+    def from_config(cls, cfg, num_classes):
         node = cfg.MODEL.DENSE_CLASSIFIER.EFL
         return {
             "num_classes": num_classes,

@@ -75,7 +75,7 @@ class EQLv2Focal(AccumulatedGradientsMixin, DenseClassifier):
         self._init_accumulated_gradients(num_classes)
 
     @classmethod
-    def from_config(cls, cfg, num_classes, category_stats=None):
+    def from_config(cls, cfg, num_classes):
         node = cfg.MODEL.DENSE_CLASSIFIER.EQLV2_FOCAL
         return {
             "num_classes": num_classes,

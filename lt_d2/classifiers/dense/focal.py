@@ -278,7 +278,7 @@ class FocalLoss(DenseClassifier):
         self.prior = prior
 
     @classmethod
-    def from_config(cls, cfg, num_classes, category_stats=None):
+    def from_config(cls, cfg, num_classes):
         node = cfg.MODEL.DENSE_CLASSIFIER.FOCAL
         return {
             "num_classes": num_classes,

@@ -60,6 +60,8 @@ class BAGS(Classifier):
         beta: "others" ROIs sampled per foreground ROI of a group (sec. 4.3). Paper: 8.
     """
 
+    uses_category_stats = True
+
     @configurable
     def __init__(
         self,

@@ -70,6 +70,8 @@ class BucketedSigmoidBCE(SigmoidBCE):
         prior: sigmoid bias prior, as in :class:`SigmoidBCE`.
     """
 
+    uses_category_stats = True
+
     @configurable
     def __init__(
         self,
@@ -106,7 +108,7 @@ class BucketedSigmoidBCE(SigmoidBCE):
                 f"MODEL.CLASSIFIER.BUCKETED_SIGMOID_BCE.FREQUENCY must be 'image' or "
                 f"'instance', got {node.FREQUENCY!r}"
             )
-        ret = super().from_config(cfg, num_classes, category_stats)
+        ret = super().from_config(cfg, num_classes)
         ret.update(frequency=frequency.tolist(), s=node.S, a=node.A, t=node.T)
         return ret
 

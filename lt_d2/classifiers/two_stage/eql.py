@@ -104,6 +104,8 @@ class EQL(SigmoidBCE):
             eq. 7: ``("r", "c")``); see :func:`eql_tail`.
     """
 
+    uses_category_stats = True
+
     @configurable
     def __init__(
         self,
@@ -138,7 +140,7 @@ class EQL(SigmoidBCE):
     @classmethod
     def from_config(cls, cfg, num_classes: int, category_stats=None) -> dict:
         require_category_stats(cls.__name__, category_stats)
-        ret = super().from_config(cfg, num_classes, category_stats)
+        ret = super().from_config(cfg, num_classes)
         ret["image_frequency"] = category_stats.image_frequency.tolist()
         ret["lambda_"] = cfg.MODEL.CLASSIFIER.EQL.LAMBDA
         ret["frequency_labels"] = category_stats.frequency_labels.tolist()

@@ -75,7 +75,7 @@ class EQLv2(AccumulatedGradientsMixin, Classifier):
         self._init_accumulated_gradients(num_classes)
 
     @classmethod
-    def from_config(cls, cfg, num_classes, category_stats=None):
+    def from_config(cls, cfg, num_classes):
         node = cfg.MODEL.CLASSIFIER.EQLV2
         return {
             "num_classes": num_classes,

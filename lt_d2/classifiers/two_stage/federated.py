@@ -100,6 +100,8 @@ class FederatedSigmoidBCE(SigmoidBCE):
             ``torch.manual_seed``); it must live on the logits' device.
     """
 
+    uses_category_stats = True
+
     @configurable
     def __init__(
         self,

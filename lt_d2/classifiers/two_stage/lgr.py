@@ -69,8 +69,8 @@ class LGRSoftmaxCE(SoftmaxCE):
         self.b = math.expm1(gamma / alpha)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, category_stats=None) -> dict:
-        ret = super().from_config(cfg, num_classes, category_stats)
+    def from_config(cls, cfg, num_classes: int) -> dict:
+        ret = super().from_config(cfg, num_classes)
         ret["alpha"] = cfg.MODEL.CLASSIFIER.LGR_SOFTMAX_CE.ALPHA
         ret["gamma"] = cfg.MODEL.CLASSIFIER.LGR_SOFTMAX_CE.GAMMA
         return ret

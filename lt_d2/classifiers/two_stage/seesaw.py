@@ -65,7 +65,7 @@ class Seesaw(Classifier):
         self.register_buffer("cum_samples", torch.zeros(num_classes, dtype=torch.float64))
 
     @classmethod
-    def from_config(cls, cfg, num_classes, category_stats=None):
+    def from_config(cls, cfg, num_classes):
         node = cfg.MODEL.CLASSIFIER.SEESAW
         return {"num_classes": num_classes, "p": node.P, "q": node.Q, "eps": node.EPS}
 

@@ -57,7 +57,7 @@ class SigmoidBCE(Classifier):
         self.bias_value = prior_bias(prior)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, category_stats=None) -> dict:
+    def from_config(cls, cfg, num_classes: int) -> dict:
         return {"num_classes": num_classes, "prior": cfg.MODEL.CLASSIFIER.SIGMOID_BCE.PRIOR}
 
     @property

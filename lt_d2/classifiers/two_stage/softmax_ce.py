@@ -30,7 +30,7 @@ class SoftmaxCE(Classifier):
         super().__init__(num_classes=num_classes)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, category_stats=None) -> dict:
+    def from_config(cls, cfg, num_classes: int) -> dict:
         return {"num_classes": num_classes}
 
     @property

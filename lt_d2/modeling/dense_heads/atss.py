@@ -20,7 +20,7 @@ A = anchors per location.
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lt_d2.classifiers import DenseClassifier, build_dense_classifier
-from lt_d2.classifiers.gradient_stats import GradientStats
-from lt_d2.data import category_stats_from_cfg
+
+from ..classifier_head import ClassifierHead
 
 __all__ = ["ATSS", "ATSSHead", "atss_match", "centerness_targets"]
 
@@ -217,13 +217,15 @@ class ATSSHead(nn.Module):
 
 
 @META_ARCH_REGISTRY.register()
-class ATSS(DenseDetector):
+class ATSS(ClassifierHead, DenseDetector):
     """ATSS detector: adaptive training sample selection, GIoU box loss, centerness or IoU
     quality branch, classification by a pluggable :class:`DenseClassifier`.
 
     Losses: the classifier's (``loss_cls``), ``loss_box_reg`` and ``loss_centerness`` or
     ``loss_iou``.
     """
+
+    num_classes_key = "MODEL.ATSS.NUM_CLASSES"
 
     @configurable
     def __init__(
@@ -298,10 +300,7 @@ class ATSS(DenseDetector):
             )
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
-        self.classifier = classifier
-        self.gradient_stats: Optional[GradientStats] = (
-            GradientStats(classifier) if gradient_stats else None
-        )
+        self.attach_classifier(classifier, gradient_stats)
         with torch.no_grad():
             for bias in head.cls_score.bias.view(self.num_anchors, self.num_classes):
                 classifier.init_bias(bias)
@@ -328,8 +327,6 @@ class ATSS(DenseDetector):
             )
         feature_shapes = [backbone_shape[f] for f in cfg.MODEL.ATSS.IN_FEATURES]
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
-        if category_stats is None:
-            category_stats = category_stats_from_cfg(cfg)
         classifier = build_dense_classifier(cfg, cfg.MODEL.ATSS.NUM_CLASSES, category_stats)
         head = ATSSHead(
             input_shape=feature_shapes,
@@ -387,6 +384,9 @@ class ATSS(DenseDetector):
             matched_boxes.append(boxes)
         return gt_labels, matched_boxes
 
+    def classification_layer(self) -> nn.Conv2d:
+        return self.head.cls_score
+
     def losses(
         self,
         anchors: List[Boxes],
@@ -418,9 +418,7 @@ class ATSS(DenseDetector):
 
         logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
         labels = gt_labels.reshape(-1)
-        if self.gradient_stats is not None:
-            logits = self.gradient_stats.observe(logits, labels)
-        losses = dict(self.classifier.losses(logits, labels, normalizer))
+        losses = self.classification_losses(logits, labels, normalizer)
 
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         pos_anchors = all_anchors.expand(num_images, -1, -1)[positive]  # (P, 4)

@@ -21,13 +21,12 @@ from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
-from torch import Tensor
+from torch import Tensor, nn
 
 from lt_d2.classifiers import DenseClassifier, build_dense_classifier
-from lt_d2.classifiers.gradient_stats import GradientStats
-from lt_d2.data import category_stats_from_cfg
 
 from ..box_losses import box_regression_loss, box_regression_loss_args
+from ..classifier_head import ClassifierHead
 
 __all__ = ["LTRetinaNet"]
 
@@ -38,10 +37,12 @@ _LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
 
 
 @META_ARCH_REGISTRY.register()
-class LTRetinaNet(RetinaNet):
+class LTRetinaNet(ClassifierHead, RetinaNet):
     """RetinaNet whose classification loss, scores and bias initialisation are delegated to a
     :class:`DenseClassifier`. Losses: the classifier's (``loss_cls``) and ``loss_box_reg``.
     """
+
+    num_classes_key = "MODEL.RETINANET.NUM_CLASSES"
 
     @configurable
     def __init__(
@@ -78,10 +79,7 @@ class LTRetinaNet(RetinaNet):
                 f"beta, alpha, gamma; from_config reads them from MODEL.BALANCED_L1)"
             )
         self.box_reg_loss_args = dict(box_reg_loss_args or {})
-        self.classifier = classifier
-        self.gradient_stats: Optional[GradientStats] = (
-            GradientStats(classifier) if gradient_stats else None
-        )
+        self.attach_classifier(classifier, gradient_stats)
         cls_bias = self.head.cls_score.bias
         with torch.no_grad():
             for bias in cls_bias.view(-1, self.num_classes):  # one row per anchor per location
@@ -92,8 +90,6 @@ class LTRetinaNet(RetinaNet):
         ret = super().from_config(cfg)
         ret.pop("focal_loss_alpha", None)
         ret.pop("focal_loss_gamma", None)
-        if category_stats is None:
-            category_stats = category_stats_from_cfg(cfg)
         ret["classifier"] = build_dense_classifier(
             cfg, cfg.MODEL.RETINANET.NUM_CLASSES, category_stats
         )
@@ -103,6 +99,9 @@ class LTRetinaNet(RetinaNet):
                 cfg, ret["box_reg_loss_type"], ret["smooth_l1_beta"]
             )
         return ret
+
+    def classification_layer(self) -> nn.Conv2d:
+        return self.head.cls_score
 
     def losses(
         self,
@@ -129,9 +128,7 @@ class LTRetinaNet(RetinaNet):
 
         logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
         labels = gt_labels.reshape(-1)
-        if self.gradient_stats is not None:
-            logits = self.gradient_stats.observe(logits, labels)
-        losses = dict(self.classifier.losses(logits, labels, normalizer))
+        losses = self.classification_losses(logits, labels, normalizer)
 
         if self.box_reg_loss_type in _LT_BOX_LOSSES:
             all_anchors = Boxes.cat(anchors).tensor  # (R, 4)

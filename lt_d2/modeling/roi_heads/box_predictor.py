@@ -19,10 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from lt_d2.classifiers import Classifier, build_classifier
-from lt_d2.classifiers.gradient_stats import GradientStats
-from lt_d2.data import category_stats_from_cfg
 
 from ..box_losses import box_regression_loss, box_regression_loss_args
+from ..classifier_head import ClassifierHead
 
 __all__ = ["LTBoxPredictor"]
 
@@ -32,12 +31,14 @@ logger = logging.getLogger(__name__)
 _LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
 
 
-class LTBoxPredictor(FastRCNNOutputLayers):
+class LTBoxPredictor(ClassifierHead, FastRCNNOutputLayers):
     """detectron2's FastRCNNOutputLayers with the classification layer sized, initialised,
     trained and scored by a :class:`~lt_d2.classifiers.Classifier`.
 
     Box regression is detectron2's, plus Libra R-CNN's balanced L1 and LGR-L1 losses.
     """
+
+    num_classes_key = "MODEL.ROI_HEADS.NUM_CLASSES"
 
     @configurable
     def __init__(
@@ -70,7 +71,7 @@ class LTBoxPredictor(FastRCNNOutputLayers):
                 f"the classifier has {classifier.num_classes} classes, the box predictor "
                 f"{self.num_classes}"
             )
-        self.classifier = classifier
+        self.attach_classifier(classifier, gradient_stats)
         self.cls_score = nn.Linear(self.cls_score.in_features, classifier.num_logits)
         self.reset_classifier()
         if tau_norm < 0:
@@ -78,15 +79,11 @@ class LTBoxPredictor(FastRCNNOutputLayers):
         self.tau_norm = tau_norm
         self.logit_scale = nn.Parameter(torch.ones(classifier.num_logits)) if logit_scale else None
         self.box_loss_args = box_loss_args or {}
-        self.gradient_stats: Optional[GradientStats] = (
-            GradientStats(classifier) if gradient_stats else None
-        )
 
     @classmethod
     def from_config(cls, cfg, input_shape, **overrides):
         ret = super().from_config(cfg, input_shape)
-        stats = category_stats_from_cfg(cfg)
-        ret["classifier"] = build_classifier(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES, stats)
+        ret["classifier"] = build_classifier(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         ret["gradient_stats"] = cfg.MODEL.GRADIENT_STATS.ENABLED
         ret["tau_norm"] = cfg.MODEL.CLASSIFIER.TAU_NORM
         ret["logit_scale"] = cfg.MODEL.DECOUPLE.ENABLED and cfg.MODEL.DECOUPLE.MODE == "LWS"
@@ -102,8 +99,11 @@ class LTBoxPredictor(FastRCNNOutputLayers):
         classifier's prescribed bias; its gradient statistics start afresh."""
         nn.init.normal_(self.cls_score.weight, std=0.01)
         self.classifier.init_bias(self.cls_score.bias.data)
-        if getattr(self, "gradient_stats", None) is not None:
+        if self.gradient_stats is not None:
             self.gradient_stats.reset()
+
+    def classification_layer(self) -> nn.Linear:
+        return self.cls_score
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
@@ -139,10 +139,10 @@ class LTBoxPredictor(FastRCNNOutputLayers):
         )
         with torch.no_grad():
             _log_classification_stats(self.classifier.predict_probs(logits), gt_classes)
-        if self.gradient_stats is not None:
-            logits = self.gradient_stats.observe(logits, gt_classes)
         cls_weight = self.loss_weight.get("loss_cls", 1.0)
-        losses = {k: v * cls_weight for k, v in self.classifier.losses(logits, gt_classes).items()}
+        losses = {
+            k: v * cls_weight for k, v in self.classification_losses(logits, gt_classes).items()
+        }
 
         if len(proposals):
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
