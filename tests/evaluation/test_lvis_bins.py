@@ -118,7 +118,7 @@ def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):
     cfg = get_cfg()
     add_lt_config(cfg)
     cfg.TEST.DETECTIONS_PER_IMAGE = 300
-    evaluator = build_lvis_evaluator(cfg, name, str(tmp_path / "out"), TRAIN)
+    evaluator = build_lvis_evaluator(cfg, name, str(tmp_path / "out"), lambda: TRAIN)
     evaluator._tasks = ("bbox",)  # boxes only: the detections carry no masks
     numpy_before = set(np.__dict__)
     res = _run_evaluator(evaluator)["bbox"]
