@@ -2,7 +2,7 @@
 via Adaptive Training Sample Selection") with a pluggable dense classifier.
 
 The one-stage detector the EFL paper ([EFL] sec. 4.1, Tables 1, 2, 5, 6) builds its improved
-baseline on. Positives are chosen by adaptive training sample selection (:func:`atss_match`):
+baseline on. Positives are chosen by adaptive training sample selection (:mod:`.atss_matching`):
 for every GT box, the k anchors nearest to its centre on each pyramid level are candidates,
 and a candidate is positive when its IoU with the GT reaches the candidates' mean + standard
 deviation and its centre lies inside the GT box; an anchor claimed by several GTs goes to the
@@ -11,8 +11,10 @@ localisation-quality branch predicts either the centerness of the anchor (ATSS) 
 the regressed box with its GT ([EFL] improved baseline); at inference its sigmoid is combined
 with the classification probability as sqrt(p_cls * p_quality).
 
-Classification goes through a :class:`lt_d2.classifiers.DenseClassifier` (focal loss, EFL,
-EQL v2 & focal, ...), which also initialises the classification bias.
+The head is detectron2's RetinaNet head plus the quality branch and a learnable scale per
+level; inference is RetinaNet's. Classification goes through a
+:class:`lt_d2.classifiers.DenseClassifier` (focal loss, EFL, EQL v2 & focal, ...), wired by
+:class:`~.dense_classification.DenseClassifierHead`.
 
 Shape shorthand: N = images, R = anchors of one image over all levels, R_l = anchors on
 level l, G = GT boxes of one image, P = positive anchors of the batch, C = foreground classes,
