@@ -17,27 +17,14 @@ from detectron2.utils.logger import setup_logger
 
 import lt_d2  # noqa: F401  (registers classifiers, heads and datasets)
 from lt_d2.compat import check_launch
-from lt_d2.config import add_lt_config
+from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.engine import LTCheckpointer, LTTrainer, check_config
 
 
 def setup(args):
     cfg = get_cfg()
     add_lt_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-    except KeyError as e:
-        raise KeyError(
-            f"{args.config_file}: {e.args[0]}. Check the key's spelling; lt_d2's keys are "
-            f"listed with their defaults in lt_d2/config/defaults.py"
-        ) from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError) as e:  # yacs: unknown key / odd number of KEY VALUE
-        raise KeyError(
-            f"command line: {e.args[0] if e.args else e}. Check the key's spelling (lt_d2's "
-            f"keys are in lt_d2/config/defaults.py) and that every key has a value"
-        ) from e
+    merge_lt_config(cfg, args.config_file, args.opts)
     cfg.freeze()
     check_config(cfg, eval_only=args.eval_only)
     default_setup(cfg, args)

@@ -33,7 +33,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 import lt_d2.modeling  # noqa: F401  (registers datasets, heads and backbones)
-from lt_d2.config import add_lt_config
+from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.modeling.roi_heads.sampling import iou_balanced_subsample
 
 DEFAULT_CONFIG = "configs/demo/softmax_mask_rcnn_R_18_FPN_demo.yaml"
@@ -60,8 +60,7 @@ VARIANTS = [
 def _cfg(config_file, overrides):
     cfg = get_cfg()
     add_lt_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(overrides + ["MODEL.DEVICE", "cpu"])
+    merge_lt_config(cfg, config_file, overrides + ["MODEL.DEVICE", "cpu"])
     return cfg
 
 

@@ -7,7 +7,7 @@ import pytest
 from detectron2.config import CfgNode, get_cfg
 
 import lt_d2  # noqa: F401  (registers classifiers, heads and the demo datasets)
-from lt_d2.config import add_lt_config
+from lt_d2.config import add_lt_config, merge_lt_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "softmax_mask_rcnn_R_18_FPN_demo.yaml")
@@ -27,11 +27,11 @@ INSTANT_OPTS = [
 
 
 def load_config(config_file: str, *opts) -> CfgNode:
-    """A config as train_net.py builds it (get_cfg + add_lt_config + file + opts), unfrozen."""
+    """A config as train_net.py builds it (get_cfg + add_lt_config + merge_lt_config of the
+    file and opts), unfrozen."""
     cfg = get_cfg()
     add_lt_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list([str(o) for o in opts])
+    merge_lt_config(cfg, config_file, [str(o) for o in opts])
     return cfg
 
 

@@ -2,6 +2,19 @@
 
 Paper abbreviations: [EQLv2] Tan et al. 2021, [EFL] Li et al. 2022, [BAGS] Li et al. 2020,
 [Libra] Pang et al. (journal version), [DropLoss] Hsieh et al. 2021.
+
+Classifier sections, one rule for all: the keys of a classifier registered as ``FooBarCE``
+live in ``MODEL.CLASSIFIER.FOO_BAR_CE`` (two-stage) or ``MODEL.DENSE_CLASSIFIER.FOO_BAR_CE``
+(dense): its class name in upper snake case, a word starting at each capitalised word and at
+each capital that follows a lower-case letter (``EqualizedFocalLoss`` -> ``EQUALIZED_FOCAL_LOSS``,
+``EQLv2Softmax2C`` -> ``EQLV2_SOFTMAX2C``). A classifier reads its own section and the sections
+of the registered classifiers it subclasses, and no other: ``DropLoss(EQL(SigmoidBCE))`` reads
+``DROP_LOSS``, ``EQL`` and ``SIGMOID_BCE``, so one key is set in one place for the whole family.
+A subclass that gives a key another default has the key in its own section and does not read
+the base's (``FEDERATED_SIGMOID_BCE.PRIOR``: CenterNet2's 0.01). A class without keys of its own
+(``SoftmaxCE``, ``EQLv2Softmax2C``) has no section. tests/config/test_classifier_sections.py
+checks the rule for every registered classifier. Renamed keys are listed, and still accepted for
+one release, in :mod:`lt_d2.config.merge`.
 """
 
 from detectron2.config import CfgNode as CN
@@ -29,14 +42,15 @@ def _add_classifier_config(cfg: CN) -> None:
     # Two-stage (ROI box head) classifier, by its name in CLASSIFIER_REGISTRY.
     cfg.MODEL.CLASSIFIER = CN()
     cfg.MODEL.CLASSIFIER.NAME = "SoftmaxCE"
-    # -- keys of SigmoidBCE, EQL, BackgroundEQL, DropLoss, LGRSoftmaxCE, BucketedSigmoidBCE
-    # C-sigmoid classifiers [EQLv2] Table 1(b); also read by EQL, BackgroundEQL, DropLoss and
-    # BucketedSigmoidBCE, which subclass it.
+    # -- sections of SigmoidBCE and its subclasses, LGRSoftmaxCE (see the module docstring)
+    # SigmoidBCE: C-sigmoid classifiers [EQLv2] Table 1(b); also read by EQL, BackgroundEQL,
+    # DropLoss and BucketedSigmoidBCE, which subclass it.
     cfg.MODEL.CLASSIFIER.SIGMOID_BCE = CN()
     # Prior probability every sigmoid starts at: fc-cls bias log(p / (1 - p)) ([EQLv2] sec.
     # 4.2: 0.001).
     cfg.MODEL.CLASSIFIER.SIGMOID_BCE.PRIOR = 0.001
-    # Equalization loss [DropLoss] eq. 2 (Tan et al. 2020); also read by BackgroundEQL, DropLoss.
+    # EQL: equalization loss [DropLoss] eq. 2 (Tan et al. 2020); also read by its subclasses
+    # BackgroundEQL and DropLoss.
     cfg.MODEL.CLASSIFIER.EQL = CN()
     # lambda: categories with training image frequency f_j < lambda are "tail" (T_lambda = 1).
     # 1.76e-3 for LVIS v0.5 (original EQL); [EQLv2] sec. 4.5 uses 1.1e-3 for LVIS v1.
@@ -46,22 +60,22 @@ def _add_classifier_config(cfg: CN) -> None:
     # names the tail "rare + common", ["r", "c"] (configs/droploss). A tail that holds no
     # category is refused (the method would be SigmoidBCE).
     cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS = []
-    # Background equalization loss [DropLoss] eq. 4.
+    # BackgroundEQL: background equalization loss [DropLoss] eq. 4.
     cfg.MODEL.CLASSIFIER.BACKGROUND_EQL = CN()
     # b: logarithm base of the background weight 1 - T min{-log_b p, 1} (Table 3: b = 4).
     cfg.MODEL.CLASSIFIER.BACKGROUND_EQL.B = 4.0
-    # DropLoss [DropLoss] eqs. 5-7.
+    # DropLoss: [DropLoss] eqs. 5-7.
     cfg.MODEL.CLASSIFIER.DROP_LOSS = CN()
     # False: frequent categories keep their background terms (the authors' code, whose numbers
     # the paper reports); True: drop them with mu = n_frequent / n_all as eq. 7 is printed.
     cfg.MODEL.CLASSIFIER.DROP_LOSS.FREQUENT_BERNOULLI = False
-    # Logarithmic gradient re-weighting of softmax CE [Libra] eqs. 15-19.
+    # LGRSoftmaxCE: logarithmic gradient re-weighting of softmax CE [Libra] eqs. 15-19.
     cfg.MODEL.CLASSIFIER.LGR_SOFTMAX_CE = CN()
     # alpha of rho = alpha ln(b |p - t| + 1) / |p - t| (eq. 18; Table 7: 0.8).
     cfg.MODEL.CLASSIFIER.LGR_SOFTMAX_CE.ALPHA = 0.8
     # gamma: the gradient bound, fixing b by alpha ln(b + 1) = gamma (eq. 10; Table 7: 1.0).
     cfg.MODEL.CLASSIFIER.LGR_SOFTMAX_CE.GAMMA = 1.0
-    # Bucketed class re-weighting of sigmoid BCE [Libra] eqs. 20-23.
+    # BucketedSigmoidBCE: bucketed class re-weighting of sigmoid BCE [Libra] eqs. 20-23.
     cfg.MODEL.CLASSIFIER.BUCKETED_SIGMOID_BCE = CN()
     # S: number of equal-width buckets of ln(frequency) (eq. 22; sec. 3.3.3: 10).
     cfg.MODEL.CLASSIFIER.BUCKETED_SIGMOID_BCE.S = 10
@@ -72,18 +86,19 @@ def _add_classifier_config(cfg: CN) -> None:
     # Which "frequency" f_j of eq. 21: "image" (fraction of training images, LVIS's notion of
     # frequency) or "instance" (annotation count). The paper does not say; only ratios matter.
     cfg.MODEL.CLASSIFIER.BUCKETED_SIGMOID_BCE.FREQUENCY = "image"
-    # Federated sigmoid loss (Zhou et al. 2021, CenterNet2; detectron2 main's USE_FED_LOSS):
-    # the BCE of each batch is kept on its ground-truth classes plus classes drawn with
-    # probability proportional to image_count ^ FREQ_WEIGHT_POWER.
-    cfg.MODEL.CLASSIFIER.FEDERATED = CN()
+    # FederatedSigmoidBCE: federated sigmoid loss (Zhou et al. 2021, CenterNet2; detectron2
+    # main's USE_FED_LOSS): the BCE of each batch is kept on its ground-truth classes plus
+    # classes drawn with probability proportional to image_count ^ FREQ_WEIGHT_POWER.
+    cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE = CN()
     # Size of the class subset per batch, background label included (official: 50).
-    cfg.MODEL.CLASSIFIER.FEDERATED.NUM_CLASSES = 50
+    cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.NUM_CLASSES = 50
     # Power of the training image count in the sampling weights (official: 0.5).
-    cfg.MODEL.CLASSIFIER.FEDERATED.FREQ_WEIGHT_POWER = 0.5
-    # Prior probability every sigmoid starts at (CenterNet2 ROI_BOX_HEAD.PRIOR_PROB: 0.01).
-    cfg.MODEL.CLASSIFIER.FEDERATED.PRIOR = 0.01
-    # -- keys of EQLv2, EQLv2Softmax2C, BAGS, Seesaw
-    # EQL v2 [EQLv2] (also read by EQLv2Softmax2C, sec. 4.8).
+    cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.FREQ_WEIGHT_POWER = 0.5
+    # Prior probability every sigmoid starts at (CenterNet2 ROI_BOX_HEAD.PRIOR_PROB: 0.01); read
+    # instead of SIGMOID_BCE.PRIOR.
+    cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.PRIOR = 0.01
+    # -- sections of EQLv2 (and its subclass EQLv2Softmax2C), BAGS, Seesaw
+    # EQLv2: EQL v2 [EQLv2]; also read by EQLv2Softmax2C (sec. 4.8), which subclasses it.
     cfg.MODEL.CLASSIFIER.EQLV2 = CN()
     # gamma of the mapping f(x) = 1 / (1 + exp(-gamma (x - mu))) (eq. 6; sec. 4.2: 12).
     cfg.MODEL.CLASSIFIER.EQLV2.GAMMA = 12.0
@@ -93,13 +108,13 @@ def _add_classifier_config(cfg: CN) -> None:
     cfg.MODEL.CLASSIFIER.EQLV2.ALPHA = 4.0
     # Prior probability of the fc-cls bias initialisation (sec. 4.2: 0.001).
     cfg.MODEL.CLASSIFIER.EQLV2.PRIOR = 0.001
-    # Balanced Group Softmax [BAGS].
+    # BAGS: Balanced Group Softmax [BAGS].
     cfg.MODEL.CLASSIFIER.BAGS = CN()
     # Lower instance-count bounds s^l of the groups G1..GN (eq. 3; sec. 4.1: 0, 10, 100, 1000).
     cfg.MODEL.CLASSIFIER.BAGS.GROUP_BOUNDS = [0, 10, 100, 1000]
     # beta: sampled "others" per foreground ROI of a group (sec. 4.3: 8).
     cfg.MODEL.CLASSIFIER.BAGS.BETA = 8.0
-    # Seesaw loss (Wang et al. 2021; not one of the five papers).
+    # Seesaw: seesaw loss (Wang et al. 2021; not one of the five papers).
     cfg.MODEL.CLASSIFIER.SEESAW = CN()
     # p: exponent of the mitigation factor min(1, (N_j / N_i)^p) (paper: 0.8).
     cfg.MODEL.CLASSIFIER.SEESAW.P = 0.8
@@ -127,25 +142,25 @@ def _add_dense_config(cfg: CN) -> None:
     # One-stage (RetinaNet / ATSS) classifier, by its name in DENSE_CLASSIFIER_REGISTRY.
     cfg.MODEL.DENSE_CLASSIFIER = CN()
     cfg.MODEL.DENSE_CLASSIFIER.NAME = "FocalLoss"
-    # -- keys of FocalLoss, EqualizedFocalLoss, EQLv2Focal
+    # -- sections of FocalLoss, EqualizedFocalLoss, EQLv2Focal
     # FocalLoss: sigmoid focal loss, the RetinaNet baseline ([EFL] eq. 1).
-    cfg.MODEL.DENSE_CLASSIFIER.FOCAL = CN()
+    cfg.MODEL.DENSE_CLASSIFIER.FOCAL_LOSS = CN()
     # alpha_t of positives (1 - alpha of negatives) (RetinaNet, [EFL] sec. 4.1: 0.25).
-    cfg.MODEL.DENSE_CLASSIFIER.FOCAL.ALPHA = 0.25
+    cfg.MODEL.DENSE_CLASSIFIER.FOCAL_LOSS.ALPHA = 0.25
     # Focusing parameter gamma of (1 - p_t)^gamma (RetinaNet, [EFL] sec. 4.1: 2).
-    cfg.MODEL.DENSE_CLASSIFIER.FOCAL.GAMMA = 2.0
+    cfg.MODEL.DENSE_CLASSIFIER.FOCAL_LOSS.GAMMA = 2.0
     # Prior probability of the classification bias initialisation (RetinaNet: 0.01).
-    cfg.MODEL.DENSE_CLASSIFIER.FOCAL.PRIOR = 0.01
-    # EqualizedFocalLoss ([EFL] eq. 4).
-    cfg.MODEL.DENSE_CLASSIFIER.EFL = CN()
+    cfg.MODEL.DENSE_CLASSIFIER.FOCAL_LOSS.PRIOR = 0.01
+    # EqualizedFocalLoss: [EFL] eq. 4.
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS = CN()
     # alpha_t of positives (1 - alpha of negatives) ([EFL] sec. 4.1: 0.25).
-    cfg.MODEL.DENSE_CLASSIFIER.EFL.ALPHA = 0.25
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.ALPHA = 0.25
     # Category-agnostic focusing factor gamma_b (eq. 3; [EFL] sec. 4.1: 2).
-    cfg.MODEL.DENSE_CLASSIFIER.EFL.GAMMA_B = 2.0
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.GAMMA_B = 2.0
     # Scale s of the category-specific focusing factor s (1 - g_j) (eq. 3; sec. 4.1: 8).
-    cfg.MODEL.DENSE_CLASSIFIER.EFL.SCALE = 8.0
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.SCALE = 8.0
     # Prior probability of the classification bias initialisation ([EFL] sec. 4.1: 0.001).
-    cfg.MODEL.DENSE_CLASSIFIER.EFL.PRIOR = 0.001
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.PRIOR = 0.001
     # EQLv2Focal: EQL v2 reweighting on focal loss ([EFL] Table 1, "EQLv2&Focal").
     cfg.MODEL.DENSE_CLASSIFIER.EQLV2_FOCAL = CN()
     # Focal loss alpha_t of positives ([EFL] sec. 4.1: 0.25).
@@ -241,8 +256,6 @@ def _add_libra_config(cfg: CN) -> None:
     # authors' implementation, mmdetection's balanced_l1_loss) or "rescaled"
     # (beta * L_b(x / beta), continuous at |x| = beta). Equal at beta = 1.
     cfg.MODEL.BALANCED_L1.FORM = "official"
-    # -- keys of the class-balanced sampler
-    pass
 
 
 def _add_diagnostics_config(cfg: CN) -> None:

@@ -10,7 +10,7 @@ the config files under ``configs/`` that reproduce it.
 How a run finds its row. detectron2 writes the *merged* config to ``OUTPUT_DIR/config.yaml``
 (no trace of the file it came from), so a run is matched by its recipe: every key of its
 config.yaml is compared with the same key of each row's config file, merged the way
-train_net.py merges it (``get_cfg`` + ``add_lt_config`` + ``merge_from_file``), leaving out
+train_net.py merges it (``get_cfg`` + ``add_lt_config`` + ``merge_lt_config``), leaving out
 the keys in :data:`RUN_ENVIRONMENT_KEYS` (paths, workers, seeds, logging periods, diagnostics
 and the schedule's length and batch size, which users scale to their machines). A run matches
 a row when nothing else differs; a run that matches no row (the demo, a modified recipe) is
@@ -127,11 +127,11 @@ def _config_of_file(config_file: str) -> Dict[str, object]:
     holds them: through ``cfg.dump()``)."""
     from detectron2.config import get_cfg
 
-    from lt_d2.config import add_lt_config
+    from lt_d2.config import add_lt_config, merge_lt_config
 
     cfg = get_cfg()
     add_lt_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_lt_config(cfg, config_file)
     return flatten(yaml.safe_load(cfg.dump()))
 
 

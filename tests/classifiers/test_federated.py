@@ -125,8 +125,8 @@ def test_from_config_uses_image_counts_and_official_defaults():
     cfg = get_cfg()
     add_lt_config(cfg)
     cfg.MODEL.CLASSIFIER.NAME = "FederatedSigmoidBCE"
-    assert cfg.MODEL.CLASSIFIER.FEDERATED.NUM_CLASSES == 50
-    assert cfg.MODEL.CLASSIFIER.FEDERATED.FREQ_WEIGHT_POWER == 0.5
+    assert cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.NUM_CLASSES == 50
+    assert cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.FREQ_WEIGHT_POWER == 0.5
     stats = CategoryStats(instance_counts=[5, 40, 900], image_counts=[4, 25, 400], num_images=1000)
     clf = build_classifier(cfg, num_classes=3, category_stats=stats)
     torch.testing.assert_close(clf.sample_weights, torch.tensor([2.0, 5.0, 20.0]))

@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from lt_d2.classifiers import build_dense_classifier
-from lt_d2.config import add_lt_config
+from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.modeling.dense_heads.atss import ATSS
 from lt_d2.modeling.dense_heads.atss_matching import atss_match, centerness_targets
@@ -191,7 +191,7 @@ def test_iou_branch_losses_by_hand():
 
 
 def test_classification_bias_from_classifier():
-    model = _model(**{"MODEL.DENSE_CLASSIFIER.FOCAL.PRIOR": 0.001})
+    model = _model(**{"MODEL.DENSE_CLASSIFIER.FOCAL_LOSS.PRIOR": 0.001})
     bias = model.head.cls_score.bias.detach()
     assert bias.shape == (model.num_anchors * NUM_CLASSES,)
     torch.testing.assert_close(bias, torch.full_like(bias, math.log(0.001 / 0.999)))
@@ -253,8 +253,8 @@ def test_efl_improved_baseline_config_builds_its_model():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = get_cfg()
     add_lt_config(cfg)
-    cfg.merge_from_file(
-        os.path.join(repo, "configs", "efl", "efl_atss_improved_R_50_FPN_2x_lvis_v1.yaml")
+    merge_lt_config(
+        cfg, os.path.join(repo, "configs", "efl", "efl_atss_improved_R_50_FPN_2x_lvis_v1.yaml")
     )
     cfg.MODEL.DEVICE = "cpu"
     # [EFL] sec. 4.1: stabilized settings, IoU branch, scales {6, 8} x stride, k = 18

@@ -11,7 +11,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import lt_d2.modeling  # noqa: F401  (registers heads and backbones)
-from lt_d2.config import add_lt_config
+from lt_d2.config import add_lt_config, merge_lt_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 LIBRA_CONFIGS = sorted(
@@ -23,7 +23,7 @@ LIBRA_CONFIGS = sorted(
 def _load(path):
     cfg = get_cfg()
     add_lt_config(cfg)
-    cfg.merge_from_file(path)
+    merge_lt_config(cfg, path)
     return cfg
 
 

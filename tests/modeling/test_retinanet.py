@@ -100,7 +100,7 @@ def test_detectron2_box_loss_path_is_kept():
 
 
 def test_classification_bias_from_classifier():
-    model = _model(**{"MODEL.DENSE_CLASSIFIER.FOCAL.PRIOR": 0.01})
+    model = _model(**{"MODEL.DENSE_CLASSIFIER.FOCAL_LOSS.PRIOR": 0.01})
     bias = model.head.cls_score.bias.detach()
     torch.testing.assert_close(bias, torch.full_like(bias, math.log(0.01 / 0.99)))
 

@@ -99,7 +99,7 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        node = cfg.MODEL.DENSE_CLASSIFIER.EFL
+        node = cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS
         return {
             "num_classes": num_classes,
             "alpha": node.ALPHA,

@@ -279,7 +279,7 @@ class FocalLoss(DenseClassifier):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        node = cfg.MODEL.DENSE_CLASSIFIER.FOCAL
+        node = cfg.MODEL.DENSE_CLASSIFIER.FOCAL_LOSS
         return {
             "num_classes": num_classes,
             "alpha": node.ALPHA,

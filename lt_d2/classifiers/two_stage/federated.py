@@ -122,11 +122,12 @@ class FederatedSigmoidBCE(SigmoidBCE):
             )
         if num_sampled < 1:
             raise ValueError(
-                f"MODEL.CLASSIFIER.FEDERATED.NUM_CLASSES must be >= 1, got {num_sampled}"
+                f"MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.NUM_CLASSES must be >= 1, got "
+                f"{num_sampled}"
             )
         if freq_weight_power < 0:
             raise ValueError(
-                f"MODEL.CLASSIFIER.FEDERATED.FREQ_WEIGHT_POWER must be >= 0, got "
+                f"MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE.FREQ_WEIGHT_POWER must be >= 0, got "
                 f"{freq_weight_power}"
             )
         self.num_sampled = num_sampled
@@ -144,7 +145,7 @@ class FederatedSigmoidBCE(SigmoidBCE):
     @classmethod
     def from_config(cls, cfg, num_classes: int, category_stats=None) -> dict:
         require_category_stats(cls.__name__, category_stats)
-        node = cfg.MODEL.CLASSIFIER.FEDERATED
+        node = cfg.MODEL.CLASSIFIER.FEDERATED_SIGMOID_BCE
         return {
             "num_classes": num_classes,
             "image_counts": category_stats.image_count_array.tolist(),
