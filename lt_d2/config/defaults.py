@@ -5,16 +5,19 @@ Paper abbreviations: [EQLv2] Tan et al. 2021, [EFL] Li et al. 2022, [BAGS] Li et
 
 Classifier sections, one rule for all: the keys of a classifier registered as ``FooBarCE``
 live in ``MODEL.CLASSIFIER.FOO_BAR_CE`` (two-stage) or ``MODEL.DENSE_CLASSIFIER.FOO_BAR_CE``
-(dense): its class name in upper snake case, a word starting at each capitalised word and at
-each capital that follows a lower-case letter (``EqualizedFocalLoss`` -> ``EQUALIZED_FOCAL_LOSS``,
-``EQLv2Softmax2C`` -> ``EQLV2_SOFTMAX2C``). A classifier reads its own section and the sections
-of the registered classifiers it subclasses, and no other: ``DropLoss(EQL(SigmoidBCE))`` reads
-``DROP_LOSS``, ``EQL`` and ``SIGMOID_BCE``, so one key is set in one place for the whole family.
-A subclass that gives a key another default has the key in its own section and does not read
-the base's (``FEDERATED_SIGMOID_BCE.PRIOR``: CenterNet2's 0.01). A class without keys of its own
+(dense): its class name in upper snake case, a new word starting at each capital that follows
+a lower-case letter and at each capitalised word (a capital and two or more lower-case
+letters): ``EqualizedFocalLoss`` -> ``EQUALIZED_FOCAL_LOSS``, ``LGRSoftmaxCE`` ->
+``LGR_SOFTMAX_CE``, ``EQLv2Softmax2C`` -> ``EQLV2_SOFTMAX2C``.
+
+A classifier reads its own section and the sections of the registered classifiers it
+subclasses, and no other: ``DropLoss(EQL(SigmoidBCE))`` reads ``DROP_LOSS``, ``EQL`` and
+``SIGMOID_BCE``, so a key is set in one place for the whole family. A subclass that gives a
+key another default has the key in its own section and does not read the base's
+(``FEDERATED_SIGMOID_BCE.PRIOR``: CenterNet2's 0.01). A class without keys of its own
 (``SoftmaxCE``, ``EQLv2Softmax2C``) has no section. tests/config/test_classifier_sections.py
-checks the rule for every registered classifier. Renamed keys are listed, and still accepted for
-one release, in :mod:`lt_d2.config.merge`.
+checks the rule for every registered classifier. Renamed sections are listed, and accepted
+under their old names for one release, in :mod:`lt_d2.config.merge`.
 """
 
 from detectron2.config import CfgNode as CN

@@ -14,6 +14,7 @@ import ast
 import logging
 from typing import Any, Dict, List, Optional, Sequence
 
+import yaml
 from detectron2.config import CfgNode
 
 __all__ = ["RENAMED_SECTIONS", "merge_lt_config", "renamed_key"]
@@ -54,28 +55,11 @@ def _conflict(where: str, old_key: str, old_value, new_key: str, new_value) -> V
     )
 
 
-def _rename_sections(tree: Dict[str, Any], filename: str) -> None:
-    """Move the keys of renamed sections of a YAML ``tree`` loaded from ``filename`` (its
-    ``_BASE_`` files merged) to their new sections."""
-    for old, new in RENAMED_SECTIONS.items():
-        *old_path, old_leaf = old.split(".")
-        parent = tree
-        for name in old_path:
-            parent = parent.get(name) if isinstance(parent, dict) else None
-        if not isinstance(parent, dict) or old_leaf not in parent:
-            continue
-        old_node = parent.pop(old_leaf)
-        target = tree
-        for name in new.split("."):
-            target = target.setdefault(name, {})
-        for key, value in old_node.items():
-            if key in target and target[key] != value:
-                # a file that sets an old key over a base that sets its new one (or the
-                # reverse) sets both, whichever file each comes from
-                where = f"{filename} (with its _BASE_ files)"
-                raise _conflict(where, f"{old}.{key}", value, f"{new}.{key}", target[key])
-            target[key] = value
-            _deprecated(filename, f"{old}.{key}", f"{new}.{key}")
+def _node(tree, path: str) -> Optional[Dict[str, Any]]:
+    """The dict at dotted ``path`` of a loaded YAML tree, or None."""
+    for name in path.split("."):
+        tree = tree.get(name) if isinstance(tree, dict) else None
+    return tree if isinstance(tree, dict) else None
 
 
 class _RenamingLoader(CfgNode):
@@ -84,8 +68,28 @@ class _RenamingLoader(CfgNode):
 
     @classmethod
     def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+        # this file merged over its bases; the bases' old keys are already renamed, so an old
+        # key here is this file's own and overrides its bases, as any key does
         loaded = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
-        _rename_sections(loaded, filename)
+        own = None
+        for old, new in RENAMED_SECTIONS.items():
+            old_node = _node(loaded, old)
+            if old_node is None:
+                continue
+            if own is None:  # what this file itself sets
+                with cls._open_cfg(filename) as f:
+                    own = (yaml.unsafe_load if allow_unsafe else yaml.safe_load)(f)
+            own_new = _node(own, new) or {}
+            parent, leaf = old.rsplit(".", 1)
+            del _node(loaded, parent)[leaf]
+            target = loaded
+            for name in new.split("."):
+                target = target.setdefault(name, {})
+            for key, value in old_node.items():
+                if key in own_new and own_new[key] != value:
+                    raise _conflict(filename, f"{old}.{key}", value, f"{new}.{key}", own_new[key])
+                target[key] = value
+                _deprecated(filename, f"{old}.{key}", f"{new}.{key}")
         return loaded
 
 
