@@ -1,0 +1,95 @@
+"""Text that names files names files that exist: every ``configs/...`` path in the README, the
+scripts, lt_d2's sources and the configs' comments is in the repository, and every other cited
+``.md`` / ``.py`` / ``.yaml`` file either is too or is marked as someone else's (the authors'
+official code, detectron2, ...) on the line that cites it."""
+
+import fnmatch
+import glob
+import os
+import re
+
+import pytest
+from conftest import REPO
+
+SOURCES = sorted(
+    os.path.relpath(p, REPO)
+    for pattern in (
+        "README.md",
+        "datasets/README.md",
+        "Makefile",
+        "setup.py",
+        "train_net.py",
+        "lt_d2/**/*.py",
+        "lt_d2/**/*.json",
+        "configs/**/*.yaml",
+        "benchmarks/**/*.py",
+    )
+    for p in glob.glob(os.path.join(REPO, pattern), recursive=True)
+)
+# a repository path: "configs/" not preceded by another path (another repository's configs/
+# is written with its owner/name in front: ModelTC/United-Perception/configs/...)
+CONFIG_PATH = re.compile(r"(?<![\w/.:-])configs/[\w/*.-]*")
+CITED_FILE = re.compile(r"[\w./*-]*[\w*-]\.(?:md|py|yaml)\b")
+# a file outside the repository is cited with where it lives, on the same line
+EXTERNAL = re.compile(
+    r"official|authors'|mmdetection|CenterNet2|United-Perception|detectron2|large-vocab-devil"
+)
+SKIP_DIRS = {".git", ".venv", "output", "__pycache__", "datasets"}
+# files a run writes (OUTPUT_DIR/config.yaml, the benchmarks' results.md), not the repository's
+RUN_OUTPUTS = re.compile(r"^(OUTPUT_DIR/.*|config\.yaml|results\.md)$")
+
+
+def _repo_files():
+    names = set()
+    for _root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        names.update(files)
+    return names
+
+
+def _exists(path: str, citing_dir: str) -> bool:
+    """``path`` (``*`` and ``...`` as wildcards) from the repository root, lt_d2/ or the
+    citing file's folder."""
+    path = path.replace("...", "*")
+    for base in (REPO, os.path.join(REPO, "lt_d2"), os.path.join(REPO, citing_dir)):
+        if glob.glob(os.path.join(base, path)):
+            return True
+    return False
+
+
+def test_sources_are_found():
+    assert {"README.md", "train_net.py", "lt_d2/config/defaults.py"} <= set(SOURCES)
+    assert any(s.startswith("configs/demo/") for s in SOURCES)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_cited_config_paths_exist(source):
+    text = open(os.path.join(REPO, source)).read()
+    missing = [p for p in sorted(set(CONFIG_PATH.findall(text))) if not _exists(p.rstrip("."), ".")]
+    assert missing == [], f"{source} cites config paths that do not exist"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_cited_files_exist_or_are_marked_external(source):
+    repo_files = _repo_files()
+    citing_dir = os.path.dirname(source)
+    stale = []
+    for line in open(os.path.join(REPO, source)):
+        for name in CITED_FILE.findall(line):
+            if _exists(name, citing_dir) or RUN_OUTPUTS.match(name):
+                continue
+            if "/" not in name and any(fnmatch.fnmatch(f, name) for f in repo_files):
+                continue
+            if not EXTERNAL.search(line):
+                stale.append(name)
+    assert stale == [], f"{source} cites files that are not in the repository"
+
+
+def test_the_check_catches_a_stale_citation(tmp_path):
+    line = "# Sizes measured in ENVIRONMENT.md, see configs/demo/no_such_config.yaml"
+    assert [n for n in CITED_FILE.findall(line) if not _exists(n, ".")] == [
+        "ENVIRONMENT.md",
+        "configs/demo/no_such_config.yaml",
+    ]
+    assert not EXTERNAL.search(line)
+    assert CONFIG_PATH.findall("United-Perception/configs/det/efl/x.yaml") == []
