@@ -57,6 +57,16 @@ def _exists(path: str, citing_dir: str) -> bool:
     return False
 
 
+def _text(source: str) -> str:
+    """The file's text; README.md's "Adding a classifier" names the files a reader creates
+    (tests/test_readme_classifier.py runs it), so that section is left out."""
+    text = open(os.path.join(REPO, source)).read()
+    if source == "README.md":
+        start = text.index("\n## Adding a classifier\n")
+        text = text[:start] + text[text.index("\n## ", start + 1) :]
+    return text
+
+
 def test_sources_are_found():
     assert {"README.md", "train_net.py", "lt_d2/config/defaults.py"} <= set(SOURCES)
     assert any(s.startswith("configs/demo/") for s in SOURCES)
@@ -64,7 +74,7 @@ def test_sources_are_found():
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_cited_config_paths_exist(source):
-    text = open(os.path.join(REPO, source)).read()
+    text = _text(source)
     missing = [p for p in sorted(set(CONFIG_PATH.findall(text))) if not _exists(p.rstrip("."), ".")]
     assert missing == [], f"{source} cites config paths that do not exist"
 
@@ -74,7 +84,7 @@ def test_cited_files_exist_or_are_marked_external(source):
     repo_files = _repo_files()
     citing_dir = os.path.dirname(source)
     stale = []
-    for line in open(os.path.join(REPO, source)):
+    for line in _text(source).splitlines():
         for name in CITED_FILE.findall(line):
             if _exists(name, citing_dir) or RUN_OUTPUTS.match(name):
                 continue
