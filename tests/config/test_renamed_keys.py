@@ -7,11 +7,13 @@ import logging
 import os
 
 import pytest
+import yaml
 from conftest import REPO, load_config
 from detectron2.config import get_cfg
 
 from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.config.merge import RENAMED_SECTIONS, renamed_key
+from lt_d2.evaluation.paper_table import flatten, read_run
 
 EFL_DEMO = os.path.join(REPO, "configs", "demo", "efl", "efl_retinanet_R_18_FPN_demo.yaml")
 NEW_SCALE = "MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.SCALE"
@@ -129,6 +131,20 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     bad = _yaml(tmp_path / "bad.yaml", f'_BASE_: "{EFL_DEMO}"\nMODEL:\n  NO_SUCH_KEY: 1\n')
     with pytest.raises(KeyError, match=r"bad.yaml.*MODEL.NO_SUCH_KEY.*spelling"):
         _cfg(bad)
+
+
+def test_a_run_written_with_old_keys_matches_its_config_row(tmp_path):
+    # a RetinaNet EFL run's config.yaml as lt_d2 wrote it before the rename
+    cfg = load_config(
+        os.path.join(REPO, "configs", "efl", "efl_retinanet_R_50_FPN_2x_lvis_v1.yaml")
+    )
+    dumped = cfg.dump().replace("EQUALIZED_FOCAL_LOSS:", "EFL:").replace("FOCAL_LOSS:", "FOCAL:")
+    assert "    EFL:\n" in dumped and "    FOCAL:\n" in dumped
+    (tmp_path / "config.yaml").write_text(dumped)
+    (tmp_path / "metrics.json").write_text('{"bbox/AP": 20.0, "iteration": 179999}\n')
+    run = read_run(str(tmp_path))
+    assert run.config[NEW_SCALE] == 8.0 and OLD_SCALE not in run.config
+    assert run.config == flatten(yaml.safe_load(cfg.dump()))
 
 
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
