@@ -126,8 +126,11 @@ def merge_lt_config(cfg: CfgNode, config_file: str = "", opts: Sequence = ()) ->
     (:func:`lt_d2.config.add_lt_config`).
 
     A key of a section in :data:`RENAMED_SECTIONS` is set under its new name, with a warning
-    naming it; a file chain or command line that sets the old and the new name to different
-    values is refused. Unknown keys raise KeyError naming the file or the command line.
+    naming it; an old key in a file overrides its ``_BASE_`` files' new one, as any key does,
+    and one file (or the command line) that sets the old and the new name to different values
+    is refused. Unknown keys raise KeyError naming the file or the command line. A file of
+    another detectron2 config VERSION is refused (detectron2's own ``merge_from_file`` would
+    upgrade it; every lt_d2 config is VERSION 2).
     """
     if config_file:
         loaded = _RenamingLoader.load_yaml_with_base(config_file, allow_unsafe=True)

@@ -127,6 +127,12 @@ def test_old_and_new_key_with_equal_values_are_accepted(tmp_path, warnings_of_me
     assert len(warnings_of_merge()) == 1
 
 
+def test_config_of_another_detectron2_version_is_refused(tmp_path):
+    old = _yaml(tmp_path / "v1.yaml", f'_BASE_: "{EFL_DEMO}"\nVERSION: 1\n')
+    with pytest.raises(ValueError, match=r"v1.yaml is a detectron2 VERSION 1 config.*upgrade"):
+        _cfg(old)
+
+
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
     bad = _yaml(tmp_path / "bad.yaml", f'_BASE_: "{EFL_DEMO}"\nMODEL:\n  NO_SUCH_KEY: 1\n')
     with pytest.raises(KeyError, match=r"bad.yaml.*MODEL.NO_SUCH_KEY.*spelling"):
