@@ -15,7 +15,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_CONFIG, REPO, load_config
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.structures import Boxes, Instances
@@ -33,6 +32,8 @@ from lt_d2.engine import LTCheckpointer, LTTrainer, check_config
 from lt_d2.engine.hooks import NonFiniteStateHook, nonfinite_update_warnings
 from lt_d2.evaluation import LTLVISEvaluator
 from lt_d2.evaluation.plot_balance import main as plot_balance_main
+
+from helpers.config import DEMO_CONFIG, REPO, load_config
 
 C = 4
 

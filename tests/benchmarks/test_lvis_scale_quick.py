@@ -19,7 +19,8 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_i
 from lt_d2.classifiers import CLASSIFIER_REGISTRY
 from lt_d2.evaluation.balance import list_balance_dumps, load_balance_dump
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers.config import REPO
+
 _spec = importlib.util.spec_from_file_location(
     "lvis_scale_classifiers", os.path.join(REPO, "benchmarks", "lvis_scale_classifiers.py")
 )

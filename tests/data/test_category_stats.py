@@ -22,13 +22,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from lt_d2.data import CategoryStats, register_lvis_format
 from lt_d2.data.stats_cli import main as stats_main
 
+from helpers.config import REPO
+
 NAMES = ["apple", "banana", "cherry", "date", "fig", "grape"]
 IMAGES = [120, 11, 10, 1, 100, 101]
 INSTANCES = [121, 22, 10, 3, 100, 101]
 FREQUENCY = ["f", "c", "r", "r", "c", "f"]
 BAGS_GROUPS = [2, 1, 1, 0, 2, 2]
 NUM_IMAGES = 120
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _hand_built_lvis(path) -> str:

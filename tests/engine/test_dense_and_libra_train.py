@@ -6,10 +6,13 @@ import math
 import os
 
 import pytest
-from conftest import REPO
 
 from lt_d2.classifiers import DENSE_CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
+
+from helpers.config import REPO
+
+pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
 
 DENSE_CONFIGS = {
     "atss": os.path.join(REPO, "configs", "demo", "efl", "focal_atss_R_18_FPN_demo.yaml"),

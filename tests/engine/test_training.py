@@ -20,6 +20,7 @@ def _train(cfg, resume=False):
     return trainer
 
 
+@pytest.mark.integration
 def test_train_checkpoint_resume_and_evaluate(instant_cfg):
     cfg = instant_cfg("SOLVER.CHECKPOINT_PERIOD", 10, "SOLVER.MAX_ITER", 20, "DATASETS.TEST", "()")
     trainer = _train(cfg)
@@ -79,6 +80,7 @@ def first_stage(instant_cfg):
     return os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), trainer.model.state_dict()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["cRT", "LWS"])
 def test_decoupled_stage_trains_only_the_classifier(instant_cfg, first_stage, tmp_path, mode):
     weights, first = first_stage

@@ -5,10 +5,13 @@ import math
 import os
 
 import pytest
-from conftest import REPO
 
 from lt_d2.classifiers import CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
+
+from helpers.config import REPO
+
+pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
 
 CASCADE_DEMO = os.path.join(REPO, "configs", "demo", "softmax_cascade_mask_rcnn_R_18_FPN_demo.yaml")
 # The demo dataset has no category with 1000+ training instances (BAGS's last group).

@@ -6,10 +6,11 @@ import math
 import os
 
 import pytest
-from conftest import DEMO_CONFIG, REPO, load_config
 
 from lt_d2.engine import LTTrainer
 from lt_d2.evaluation.paper_table import PAPER_RESULTS, load_paper_results, main
+
+from helpers.config import DEMO_CONFIG, REPO, load_config
 
 EQLV2 = os.path.join(REPO, "configs", "eqlv2", "eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
 EFL = os.path.join(REPO, "configs", "efl", "efl_atss_improved_R_50_FPN_2x_lvis_v1.yaml")
@@ -137,6 +138,7 @@ def _fmt(v):
     return "-" if math.isnan(v) else f"{v:.1f}"
 
 
+@pytest.mark.integration
 def test_two_instant_demo_runs(instant_cfg, tmp_path):
     """Two real 20-iteration demo trainings (softmax and EQL v2), then the command."""
     runs, expected = [], {}
