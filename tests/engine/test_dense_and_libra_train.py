@@ -11,6 +11,7 @@ from lt_d2.classifiers import DENSE_CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
 
 from helpers.config import REPO
+from helpers.training import evaluation_results
 
 pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
 
@@ -27,7 +28,7 @@ def _train_and_evaluate(cfg):
     trainer.train()
     assert trainer.iter == cfg.SOLVER.MAX_ITER
     assert math.isfinite(trainer.storage.latest()["total_loss"][0])
-    results = trainer._last_eval_results
+    results = evaluation_results(trainer)
     assert set(results["bbox"]) >= {"AP", "APr", "APc", "APf"}
     return results
 

@@ -12,6 +12,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from lt_d2.engine import LTTrainer
 from lt_d2.modeling.roi_heads import LTBoxPredictor
 
+from helpers.training import evaluation_results
+
 
 def _train(cfg, resume=False):
     trainer = LTTrainer(cfg)
@@ -55,7 +57,7 @@ def test_train_checkpoint_resume_and_evaluate(instant_cfg):
         assert total.sum() > 0
     resumed.train()
     assert resumed.iter == 24  # detectron2 leaves iter at MAX_ITER after the loop
-    results = resumed._last_eval_results
+    results = evaluation_results(resumed)
     for task in ("bbox", "segm"):
         for key in ("AP", "AP50", "AP75", "APr", "APc", "APf"):
             assert key in results[task], (task, key)

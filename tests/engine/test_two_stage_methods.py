@@ -10,6 +10,7 @@ from lt_d2.classifiers import CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
 
 from helpers.config import REPO
+from helpers.training import evaluation_results
 
 pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
 
@@ -32,6 +33,6 @@ def test_trains_and_evaluates(instant_cfg, name, heads):
     assert trainer.iter == 20  # MAX_ITER after the loop
     latest = trainer.storage.latest()
     assert math.isfinite(latest["total_loss"][0])
-    results = trainer._last_eval_results
+    results = evaluation_results(trainer)
     for task in ("bbox", "segm"):
         assert set(results[task]) >= {"AP", "APr", "APc", "APf"}
