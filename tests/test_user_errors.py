@@ -33,7 +33,7 @@ from lt_d2.evaluation import LTLVISEvaluator
 from lt_d2.evaluation.plot_balance import main as plot_balance_main
 
 from helpers.config import DEMO_CONFIG, REPO, load_config
-from helpers.lvis_json import write_lvis_json
+from helpers.lvis import write_lvis_json
 
 C = 4
 

@@ -23,7 +23,7 @@ from lt_d2.data import CategoryStats, register_lvis_format
 from lt_d2.data.stats_cli import main as stats_main
 
 from helpers.config import REPO
-from helpers.lvis_json import write_lvis_json
+from helpers.lvis import write_lvis_json
 
 NAMES = ["apple", "banana", "cherry", "date", "fig", "grape"]
 IMAGES = [120, 11, 10, 1, 100, 101]

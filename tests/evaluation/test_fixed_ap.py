@@ -2,17 +2,15 @@
 per-image limit of standard LVIS AP and the per-category budget of Fixed AP disagree."""
 
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.structures import Boxes, Instances
 from lvis import LVIS
 
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation import build_lvis_evaluator, evaluate_fixed_ap, top_detections_per_category
 
-from helpers.lvis_json import write_lvis_json
+from helpers.lvis import evaluate_detections, write_lvis_json
 
 # contiguous categories 0 (frequent), 1 (rare), 2 (common); json ids 1, 2, 3
 TRAIN = CategoryStats(instance_counts=[900, 6, 80], image_counts=[500, 5, 50], num_images=1000)
@@ -97,17 +95,7 @@ def test_fixed_ap_equals_hand_computation(json_path):
 
 
 def _run_evaluator(evaluator):
-    evaluator.reset()
-    for img in GT:
-        dets = [d for d in DETS if d[0] == img]
-        inst = Instances((100, 100))
-        inst.pred_boxes = Boxes(
-            torch.tensor([[x, y, x + 20.0, y + 20.0] for _, _, x, y, _ in dets])
-        )
-        inst.scores = torch.tensor([s for *_, s in dets])
-        inst.pred_classes = torch.tensor([c for _, c, *_ in dets])
-        evaluator.process([{"image_id": img}], [{"instances": inst}])
-    return evaluator.evaluate()["bbox"]
+    return evaluate_detections(evaluator, DETS, GT, image_size=100, box_size=20)["bbox"]
 
 
 def test_evaluator_reports_fixed_ap_beside_standard_ap(json_path, tmp_path):

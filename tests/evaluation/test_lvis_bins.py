@@ -4,10 +4,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.structures import Boxes, Instances
 from lvis import LVIS, LVISEval, LVISResults
 
 from lt_d2.compat import numpy_aliases_for_lvis
@@ -15,7 +13,7 @@ from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation import LTLVISEvaluator, build_lvis_evaluator
 
-from helpers.lvis_json import write_lvis_json
+from helpers.lvis import evaluate_detections, write_lvis_json
 
 # Training statistics of 6 categories: bins [0,10) = {0, 1}, [10,100) = {2}, [100,1000) =
 # {3, 4}, [1000, inf) = {5}; rare = {0, 1}, common = {2}, frequent = {3, 4, 5}.
@@ -85,17 +83,8 @@ def dataset(tmp_path):
 
 
 def _run_evaluator(evaluator):
-    evaluator.reset()
-    for img in range(1, NUM_IMAGES + 1):
-        dets = [d for d in DETS if d[0] == img]
-        inst = Instances((100, 100))
-        inst.pred_boxes = Boxes(
-            torch.tensor([[x, y, x + 20.0, y + 20.0] for _, _, x, y, _ in dets])
-        )
-        inst.scores = torch.tensor([s for *_, s in dets])
-        inst.pred_classes = torch.tensor([c for _, c, *_ in dets])
-        evaluator.process([{"image_id": img}], [{"instances": inst}])
-    return evaluator.evaluate()
+    images = range(1, NUM_IMAGES + 1)
+    return evaluate_detections(evaluator, DETS, images, image_size=100, box_size=20)
 
 
 def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):

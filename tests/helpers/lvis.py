@@ -1,7 +1,12 @@
-"""A small LVIS-format annotation file of square boxes, written for a test."""
+"""A small LVIS-format dataset of square boxes for a test: its annotation file, and square
+detections on its images run through an evaluator."""
 
 import json
-from typing import Iterable, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
+
+import torch
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import Boxes, Instances
 
 
 def write_lvis_json(
@@ -54,3 +59,26 @@ def write_lvis_json(
     with open(path, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     return str(path)
+
+
+def evaluate_detections(
+    evaluator: DatasetEvaluator,
+    detections: Sequence[Tuple[int, int, float, float, float]],
+    image_ids: Iterable[int],
+    *,
+    image_size: int,
+    box_size: float,
+) -> Dict:
+    """``evaluator.evaluate()`` after it processed, image by image, the detections
+    (image id, contiguous category, x, y, score) of ``box_size`` squares with their top-left
+    corner at (x, y), on ``image_size`` square images."""
+    s = float(box_size)
+    evaluator.reset()
+    for img in image_ids:
+        dets = [d for d in detections if d[0] == img]
+        inst = Instances((image_size, image_size))
+        inst.pred_boxes = Boxes(torch.tensor([[x, y, x + s, y + s] for _, _, x, y, _ in dets]))
+        inst.scores = torch.tensor([score for *_, score in dets])
+        inst.pred_classes = torch.tensor([c for _, c, *_ in dets])
+        evaluator.process([{"image_id": img}], [{"instances": inst}])
+    return evaluator.evaluate()
