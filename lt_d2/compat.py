@@ -20,6 +20,7 @@ __all__ = [
     "cpu_ddp_model_creation",
     "launch_supports_cpu",
     "numpy_aliases_for_lvis",
+    "retinanet_head_norm",
 ]
 
 # Difference 1: lvis-api 0.5.3 (the only lvis release on PyPI) calls np.float in
@@ -104,3 +105,18 @@ def cpu_ddp_model_creation() -> Iterator[None]:
         yield
     finally:
         defaults.create_ddp_model = original
+
+
+# Difference 4: RetinaNetHead reads the type of its tower normalisation from a probe layer,
+# get_norm(norm, 1) in v0.6 and get_norm(norm, 32) on main; a one-channel GroupNorm with 32
+# groups cannot be built, so v0.6's RetinaNetHead refuses norm="GN" before building anything.
+def _group_norm_32(channels: int) -> nn.GroupNorm:
+    """get_norm("GN", channels) (32 groups) for every tower layer; the one-channel probe gets a
+    one-group GroupNorm, of the same type."""
+    return nn.GroupNorm(32 if channels > 1 else 1, channels)
+
+
+def retinanet_head_norm(norm: str):
+    """The ``norm`` argument for detectron2's ``RetinaNetHead`` (and heads derived from it)
+    that builds the towers ``get_norm(norm, channels)`` builds, on v0.6 and main alike."""
+    return _group_norm_32 if norm == "GN" else norm

@@ -20,7 +20,13 @@ def _build(cfg: CfgNode, cls, num_classes: int, category_stats: Optional[Categor
     ``uses_category_stats``; they are computed from ``cfg.DATASETS.TRAIN`` when not given, and
     refused when their category count is not the model's."""
     if category_stats is None and cls.uses_category_stats:
-        category_stats = category_stats_from_cfg(cfg)
+        try:
+            category_stats = category_stats_from_cfg(cfg)
+        except Exception as e:  # the dataset's own error, with what needed it
+            raise ValueError(
+                f"{cls.__name__} is defined by the training set's category statistics, which "
+                f"could not be computed from DATASETS.TRAIN = {list(cfg.DATASETS.TRAIN)}: {e}"
+            ) from e
     if category_stats is not None and category_stats.num_classes != num_classes:
         raise ValueError(
             f"category statistics describe {category_stats.num_classes} categories but the "

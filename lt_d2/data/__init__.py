@@ -1,4 +1,7 @@
-"""Data: category statistics, dataset registration (demo + LVIS), samplers."""
+"""Data: category statistics, dataset registration (demo + LVIS), samplers.
+
+Importing it registers nothing; ``import lt_d2`` registers the demo datasets.
+"""
 
 from .category_stats import (
     BAGS_GROUP_BOUNDS,
@@ -7,8 +10,6 @@ from .category_stats import (
     category_stats_from_cfg,
 )
 from .datasets import read_lvis_json, register_demo_datasets, register_lvis_format
-
-register_demo_datasets()  # lvis_demo_train / lvis_demo_val, generated on first load
 
 __all__ = [
     "BAGS_GROUP_BOUNDS",

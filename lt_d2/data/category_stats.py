@@ -16,7 +16,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["CategoryStats", "category_stats_from_cfg", "LVIS_FREQUENCY_BOUNDS", "BAGS_GROUP_BOUNDS"]
+__all__ = [
+    "CategoryStats",
+    "category_stats_from_cfg",
+    "instance_groups",
+    "LVIS_FREQUENCY_BOUNDS",
+    "BAGS_GROUP_BOUNDS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +121,7 @@ class CategoryStats:
         Group k holds counts in [bounds[k], bounds[k+1]) (the last group is open-ended), as in
         BAGS. ``bounds`` must start at 0 and increase.
         """
-        bounds = list(bounds)
-        if not bounds or bounds[0] != 0 or any(b >= a for b, a in zip(bounds, bounds[1:])):
-            raise ValueError(f"group bounds must start at 0 and increase, got {bounds}")
-        return np.searchsorted(np.asarray(bounds[1:]), self.instance_count_array, side="right")
+        return instance_groups(self.instance_count_array, bounds)
 
     def order_by_instances(self) -> np.ndarray:
         """(C,) category indices sorted by descending training instance count (plots)."""
@@ -293,6 +296,16 @@ class CategoryStats:
             data = json.load(f)
         data.pop("source", None)
         return cls(**data)
+
+
+def instance_groups(instance_counts, bounds: Sequence[int] = BAGS_GROUP_BOUNDS) -> np.ndarray:
+    """(C,) group index of each of (C,) ``instance_counts``: group k holds counts in
+    [bounds[k], bounds[k+1]) (the last group is open-ended), as in BAGS. ``bounds`` must
+    start at 0 and increase."""
+    bounds = list(bounds)
+    if not bounds or bounds[0] != 0 or any(b >= a for b, a in zip(bounds, bounds[1:])):
+        raise ValueError(f"group bounds must start at 0 and increase, got {bounds}")
+    return np.searchsorted(np.asarray(bounds[1:]), np.asarray(instance_counts), side="right")
 
 
 def dataset_source(dataset_name: str) -> dict:

@@ -12,49 +12,32 @@ from detectron2.data import (
 )
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
+from torch import nn
 
+from lt_d2.classifiers import DenseClassifier
 from lt_d2.compat import cpu_ddp_model_creation
 from lt_d2.config import add_lt_config
 from lt_d2.data import category_stats_from_cfg
 from lt_d2.data.samplers import ClassBalancedTrainingSampler
 from lt_d2.data.validation import check_image_files, check_test_datasets
 from lt_d2.evaluation import build_lvis_evaluator, has_compiled_ops
+from lt_d2.modeling.classifier_head import classifier_heads
 from lt_d2.modeling.roi_heads.decoupled import box_predictors, freeze_all_but_classifier
 
 from .checkpoint import LTCheckpointer
 from .gradient_clipping import build_optimizer
 from .hooks import NonFiniteStateHook, build_gradient_balance_hook
 
-__all__ = ["LTTrainer", "check_config"]
+__all__ = ["LTTrainer", "check_config", "check_model"]
 
 logger = logging.getLogger(__name__)
 
 
-# Where each meta-architecture reads its class count.
-_NUM_CLASSES_KEYS = {
-    "GeneralizedRCNN": ("ROI_HEADS", "NUM_CLASSES"),
-    "ATSS": ("ATSS", "NUM_CLASSES"),
-    "RetinaNet": ("RETINANET", "NUM_CLASSES"),
-    "LTRetinaNet": ("RETINANET", "NUM_CLASSES"),
-}
-
-
-def _model_num_classes(cfg) -> tuple:
-    """(config key, value) of the class count of the configured meta-architecture, or
-    (None, None) for one lt_d2 does not know."""
-    node, key = _NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE, (None, None))
-    if node is None:
-        return None, None
-    return f"MODEL.{node}.{key}", cfg.MODEL[node][key]
-
-
 def check_config(cfg, eval_only: bool = False) -> None:
     """The checks train_net.py runs before building anything (``eval_only``: for
-    ``--eval-only``)."""
+    ``--eval-only``). What needs the model is checked by :func:`check_model`."""
     _check_device(cfg)
-    _check_num_classes(cfg)
     _check_decoupled_weights(cfg)
-    _check_ignored_classifier_key(cfg)
     if eval_only and not cfg.MODEL.WEIGHTS:
         raise ValueError(
             "--eval-only evaluates the model given by MODEL.WEIGHTS, which is empty: append "
@@ -62,35 +45,42 @@ def check_config(cfg, eval_only: bool = False) -> None:
         )
 
 
-# The classifier key each meta-architecture reads, and the ones it ignores.
-_CLASSIFIER_KEYS = {
-    "GeneralizedRCNN": ("CLASSIFIER", ("DENSE_CLASSIFIER",)),
-    "ATSS": ("DENSE_CLASSIFIER", ("CLASSIFIER",)),
-    "LTRetinaNet": ("DENSE_CLASSIFIER", ("CLASSIFIER",)),
-    "RetinaNet": (None, ("CLASSIFIER", "DENSE_CLASSIFIER")),  # detectron2's: focal loss only
-}
-
-
-def _check_ignored_classifier_key(cfg) -> None:
-    """Refuse a classifier name the meta-architecture would ignore (set to a non-default)."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in _CLASSIFIER_KEYS:
-        return
-    used, ignored = _CLASSIFIER_KEYS[arch]
+def check_model(cfg, model: nn.Module) -> None:
+    """Checks of a built model against its config, asking the model's lt_d2 heads
+    (:func:`~lt_d2.modeling.classifier_head.classifier_heads`): every head's class count
+    must match every dataset's categories, and a classifier name that no head uses must be
+    left at its default."""
+    heads = classifier_heads(model)
+    for _, head in heads:
+        key, num_classes = head.num_classes_key, head.classifier.num_classes
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            classes = MetadataCatalog.get(name).get("thing_classes", None)
+            if classes is not None and len(classes) != num_classes:
+                raise ValueError(
+                    f"{key} = {num_classes} but dataset '{name}' has {len(classes)} "
+                    f"categories: set {key} {len(classes)} in the config (or on the command "
+                    f"line)"
+                )
+    dense = {isinstance(head.classifier, DenseClassifier) for _, head in heads}
     defaults = get_cfg()
     add_lt_config(defaults)
-    for node in ignored:
+    for node, other, used in (
+        ("CLASSIFIER", "DENSE_CLASSIFIER", False in dense),
+        ("DENSE_CLASSIFIER", "CLASSIFIER", True in dense),
+    ):
         value, default = cfg.MODEL[node].NAME, defaults.MODEL[node].NAME
-        if value == default:
+        if used or value == default:
             continue
         fix = (
-            f"set MODEL.{used}.NAME instead (now '{cfg.MODEL[used].NAME}')"
-            if used
-            else "set MODEL.META_ARCHITECTURE LTRetinaNet to choose a dense classifier"
+            f"set MODEL.{other}.NAME instead (now '{cfg.MODEL[other].NAME}')"
+            if heads
+            else "the model has no lt_d2 head: use MODEL.ROI_HEADS.NAME LTStandardROIHeads / "
+            "LTCascadeROIHeads or MODEL.META_ARCHITECTURE LTRetinaNet / ATSS"
         )
         raise ValueError(
-            f"MODEL.{node}.NAME = '{value}' is ignored by MODEL.META_ARCHITECTURE '{arch}': "
-            f"{fix}, and leave MODEL.{node}.NAME at its default '{default}'"
+            f"MODEL.{node}.NAME = '{value}' is ignored by the model "
+            f"(MODEL.META_ARCHITECTURE '{cfg.MODEL.META_ARCHITECTURE}'): {fix}, and leave "
+            f"MODEL.{node}.NAME at its default '{default}'"
         )
 
 
@@ -109,20 +99,6 @@ def _check_device(cfg) -> None:
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no GPU is available: append "
             f"'MODEL.DEVICE cpu' to the command line"
         )
-
-
-def _check_num_classes(cfg) -> None:
-    """Fail early when the model's class count disagrees with a dataset's categories."""
-    key, num_classes = _model_num_classes(cfg)
-    if key is None:
-        return
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if classes is not None and len(classes) != num_classes:
-            raise ValueError(
-                f"{key} = {num_classes} but dataset '{name}' has {len(classes)} categories: "
-                f"set {key} {len(classes)} in the config (or on the command line)"
-            )
 
 
 class LTTrainer(DefaultTrainer):
@@ -164,8 +140,10 @@ class LTTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "lvis":
+            # the bins come from the training counts the json stores; the training set is
+            # read only for a json without them
             return build_lvis_evaluator(
-                cfg, dataset_name, output_folder, category_stats_from_cfg(cfg)
+                cfg, dataset_name, output_folder, lambda: category_stats_from_cfg(cfg)
             )
         if evaluator_type == "coco":
             # The fast COCO evaluator needs detectron2's compiled operators.
@@ -191,13 +169,13 @@ class LTTrainer(DefaultTrainer):
             **self.checkpointer.checkpointables,
         )
         hook_list = super().build_hooks()
-        balance = build_gradient_balance_hook(self.cfg, category_stats_from_cfg(self.cfg))
+        stats = category_stats_from_cfg(self.cfg)  # training: the training set is at hand
+        balance = build_gradient_balance_hook(self.cfg, stats)
         if balance is not None:
             later = (hooks.PeriodicCheckpointer, hooks.EvalHook, hooks.PeriodicWriter)
             first = [i for i, h in enumerate(hook_list) if isinstance(h, later)]
             hook_list.insert(first[0] if first else len(hook_list), balance)
-        names = category_stats_from_cfg(self.cfg).names
-        hook_list.append(NonFiniteStateHook(names=names and list(names)))
+        hook_list.append(NonFiniteStateHook(names=stats.names and list(stats.names)))
         return hook_list
 
     @classmethod
@@ -207,7 +185,10 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        """detectron2's model, checked against the config (:func:`check_model`), with all but
+        the classifier frozen in a decoupled stage."""
         model = super().build_model(cfg)
+        check_model(cfg, model)
         if cfg.MODEL.DECOUPLE.ENABLED:
             freeze_all_but_classifier(model, cfg.MODEL.DECOUPLE.MODE)
         return model

@@ -25,7 +25,7 @@ import itertools
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.evaluation import LVISEvaluator
@@ -33,6 +33,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
+from lt_d2.data.category_stats import instance_groups
 
 from .fixed_ap import evaluate_fixed_ap
 from .lvis_api import run_lvis_eval
@@ -105,9 +106,16 @@ class LTLVISEvaluator(LVISEvaluator):
     """:class:`detectron2.evaluation.LVISEvaluator` whose results also hold instance-count
     bin APs (``AP1``..``AP4``), average recall and score margins per frequency group.
 
+    The bins and groups are defined by *training* counts. LVIS stores the training split's
+    per-category ``instance_count`` and ``frequency`` in the categories of every split's json
+    (the demo does too); the evaluator reads them there, so evaluating never loads a training
+    set. Only for a json whose categories lack them are the training statistics needed.
+
     Args:
-        category_stats: statistics of the *training* set (the bins and groups are defined by
-            training counts); its categories must be the evaluation json's, in id order.
+        category_stats: statistics of the training set, used instead of the counts stored in
+            the json; its categories must be the evaluation json's, in id order.
+        training_stats: called for the training statistics when ``category_stats`` is None
+            and the json's categories store no counts (e.g. the config's ``DATASETS.TRAIN``).
         bin_bounds: lower instance-count bounds of the bins ([BAGS]: 0, 10, 100, 1000).
         fixed_ap_dets_per_category: K of Fixed AP (Dave et al. 2021: 10000); 0 = off.
         Other arguments: LVISEvaluator's.
@@ -120,7 +128,8 @@ class LTLVISEvaluator(LVISEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         *,
-        category_stats: CategoryStats,
+        category_stats: Optional[CategoryStats] = None,
+        training_stats: Optional[Callable[[], CategoryStats]] = None,
         bin_bounds: Sequence[int] = BAGS_GROUP_BOUNDS,
         max_dets_per_image: int = LVIS_MAX_DETS,
         fixed_ap_dets_per_category: int = 0,
@@ -129,25 +138,47 @@ class LTLVISEvaluator(LVISEvaluator):
             dataset_name, tasks, distributed, output_dir, max_dets_per_image=max_dets_per_image
         )
         cat_ids = sorted(self._lvis_api.get_cat_ids())
-        if len(cat_ids) != category_stats.num_classes:
-            raise ValueError(
-                f"dataset '{dataset_name}' has {len(cat_ids)} categories but the training "
-                f"statistics {category_stats.num_classes}: evaluate on a dataset with the "
-                f"training set's categories"
-            )
         mapping = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         # lvis-api orders categories by id; detectron2 maps id -> id - 1 without a mapping
         self._contiguous = np.asarray([mapping[c] if mapping else c - 1 for c in cat_ids])
-        if self._contiguous.min() < 0 or self._contiguous.max() >= category_stats.num_classes:
+        if self._contiguous.min() < 0 or self._contiguous.max() >= len(cat_ids):
             raise ValueError(
                 f"dataset '{dataset_name}': category ids must be 1..{len(cat_ids)} (or given "
                 f"by thing_dataset_id_to_contiguous_id metadata)"
             )
-        self._category_stats = category_stats
+        cats = self._lvis_api.load_cats(cat_ids)
+        stored = all("instance_count" in c and "frequency" in c for c in cats)
+        if category_stats is None and not stored:
+            if training_stats is None:
+                raise ValueError(
+                    f"dataset '{dataset_name}': its json's categories store no training "
+                    f"'instance_count' / 'frequency' (LVIS's do); pass the training set's "
+                    f"category_stats"
+                )
+            category_stats = training_stats()
+        # per category, in lvis-api's (id) order
+        if category_stats is None:
+            self._instance_counts = np.asarray([c["instance_count"] for c in cats])
+            self._frequency = np.asarray([c["frequency"] for c in cats])
+            self._names = [c["name"] for c in cats]
+            logger.info(
+                "Evaluation bins of '%s': the training counts stored in its categories",
+                dataset_name,
+            )
+        else:
+            if len(cat_ids) != category_stats.num_classes:
+                raise ValueError(
+                    f"dataset '{dataset_name}' has {len(cat_ids)} categories but the training "
+                    f"statistics {category_stats.num_classes}: evaluate on a dataset with the "
+                    f"training set's categories"
+                )
+            self._instance_counts = category_stats.instance_count_array[self._contiguous]
+            self._frequency = category_stats.frequency_labels[self._contiguous]
+            names = category_stats.names
+            self._names = None if names is None else [names[k] for k in self._contiguous]
         self._fixed_ap_dets_per_category = fixed_ap_dets_per_category
         self._bin_bounds = list(bin_bounds)
-        self._bins = category_stats.instance_groups(self._bin_bounds)[self._contiguous]
-        self._frequency = category_stats.frequency_labels[self._contiguous]
+        self._bins = instance_groups(self._instance_counts, self._bin_bounds)
 
     def _eval_predictions(self, predictions):
         """Evaluate ``predictions``' instances on every task, one LVISEval run per task."""
@@ -204,12 +235,11 @@ class LTLVISEvaluator(LVISEvaluator):
         if not self._output_dir:
             return
         order = np.argsort(self._contiguous)  # back to contiguous category order
-        stats = self._category_stats
         data = {
             "bin_bounds": self._bin_bounds,
-            "names": list(stats.names) if stats.names is not None else None,
-            "instance_counts": stats.instance_count_array.tolist(),
-            "frequency": stats.frequency_labels.tolist(),
+            "names": None if self._names is None else [self._names[k] for k in order],
+            "instance_counts": self._instance_counts[order].tolist(),
+            "frequency": self._frequency[order].tolist(),
             "ap": [None if np.isnan(v) else float(v) for v in ap[order]],
             "score_margin": [None if np.isnan(v) else float(v) for v in margins[order]],
         }
@@ -220,11 +250,15 @@ class LTLVISEvaluator(LVISEvaluator):
 
 
 def build_lvis_evaluator(
-    cfg, dataset_name: str, output_folder: Optional[str], category_stats: CategoryStats
+    cfg,
+    dataset_name: str,
+    output_folder: Optional[str],
+    training_stats: Optional[Callable[[], CategoryStats]] = None,
 ) -> LTLVISEvaluator:
     """The evaluator of an LVIS-format dataset: boxes (and masks with MODEL.MASK_ON), bins
     ``DIAGNOSTICS.INSTANCE_BINS``, ``TEST.DETECTIONS_PER_IMAGE`` detections per image (LVIS:
-    300), and Fixed AP with ``TEST.FIXED_AP.ENABLED``."""
+    300), and Fixed AP with ``TEST.FIXED_AP.ENABLED``. ``training_stats``: see
+    :class:`LTLVISEvaluator`."""
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
     fixed_k = cfg.TEST.FIXED_AP.DETS_PER_CATEGORY if cfg.TEST.FIXED_AP.ENABLED else 0
     if cfg.TEST.FIXED_AP.ENABLED and fixed_k < 1:
@@ -246,7 +280,7 @@ def build_lvis_evaluator(
         dataset_name,
         tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
         output_dir=output_folder,
-        category_stats=category_stats,
+        training_stats=training_stats,
         bin_bounds=cfg.DIAGNOSTICS.INSTANCE_BINS,
         max_dets_per_image=max_dets,
         fixed_ap_dets_per_category=fixed_k,

@@ -9,9 +9,8 @@ exposes, under fixed names:
 - :meth:`ClassifierHead.classification_layer`: the final layer producing the logits;
 - :attr:`ClassifierHead.num_classes_key`: the config key its class count came from.
 
-The diagnostics hook, the trainer's checks, decoupled training and the checkpointer find heads
-with :func:`classifier_heads` and use only these names: no attribute guessing, no table of
-meta-architectures.
+The diagnostics hook and the trainer's model checks find heads with :func:`classifier_heads` and
+use only these names: no attribute guessing, no table of meta-architectures.
 
 Shape shorthand: R = ROIs or anchors, C = foreground classes, L = the classifier's logits.
 """

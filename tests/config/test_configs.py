@@ -63,6 +63,8 @@ def test_num_classes_mismatch_names_the_key_and_fix(tmp_path):
         "--eval-only",
         "MODEL.ROI_HEADS.NUM_CLASSES",
         "7",
+        "MODEL.WEIGHTS",
+        str(tmp_path / "model_final.pth"),  # the model is checked before weights are read
         "OUTPUT_DIR",
         str(tmp_path),
     )

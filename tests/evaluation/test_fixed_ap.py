@@ -107,17 +107,17 @@ def test_evaluator_reports_fixed_ap_beside_standard_ap(json_path, tmp_path):
     add_lt_config(cfg)
     assert not cfg.TEST.FIXED_AP.ENABLED and cfg.TEST.FIXED_AP.DETS_PER_CATEGORY == 10000
     cfg.TEST.DETECTIONS_PER_IMAGE = 300  # LVIS's limit (the LVIS configs' value)
-    off = _run_evaluator(build_lvis_evaluator(cfg, name, None, TRAIN))
+    off = _run_evaluator(build_lvis_evaluator(cfg, name, None, lambda: TRAIN))
     _assert_metrics(off, STANDARD)
     assert not any(k.endswith("-fixed") for k in off)
 
     cfg.TEST.FIXED_AP.ENABLED = True
     # more detections per image feed Fixed AP; the standard AP still keeps 300 per image
     cfg.TEST.DETECTIONS_PER_IMAGE = 1000
-    on = _run_evaluator(build_lvis_evaluator(cfg, name, None, TRAIN))
+    on = _run_evaluator(build_lvis_evaluator(cfg, name, None, lambda: TRAIN))
     _assert_metrics(on, STANDARD)
     _assert_metrics(on, FIXED_10000, "-fixed")
 
     cfg.TEST.FIXED_AP.DETS_PER_CATEGORY = 0
     with pytest.raises(ValueError, match="DETS_PER_CATEGORY = 0"):
-        build_lvis_evaluator(cfg, name, None, TRAIN)
+        build_lvis_evaluator(cfg, name, None, lambda: TRAIN)

@@ -93,7 +93,7 @@ def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):
     add_lt_config(cfg)
     cfg.TEST.DETECTIONS_PER_IMAGE = 300
     cfg.MODEL.MASK_ON = False  # boxes only: the detections carry no masks
-    evaluator = build_lvis_evaluator(cfg, name, str(tmp_path / "out"), TRAIN)
+    evaluator = build_lvis_evaluator(cfg, name, str(tmp_path / "out"), lambda: TRAIN)
     numpy_before = set(np.__dict__)
     res = _run_evaluator(evaluator)["bbox"]
     assert set(np.__dict__) == numpy_before  # lvis-api's numpy alias did not leak out

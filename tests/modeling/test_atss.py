@@ -9,10 +9,13 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from torch import nn
 
+from lt_d2.classifiers import build_dense_classifier
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
-from lt_d2.modeling.dense_heads.atss import ATSS, atss_match, centerness_targets
+from lt_d2.modeling.dense_heads.atss import ATSS
+from lt_d2.modeling.dense_heads.atss_matching import atss_match, centerness_targets
 
 from helpers.tiny_dense import NUM_CLASSES, STATS, tiny_batch, tiny_dense_cfg
 
@@ -271,3 +274,32 @@ def test_efl_improved_baseline_config_builds_its_model():
     assert model.head.cls_score.out_channels == 2 * 1203
     bias = model.head.cls_score.bias.detach()
     torch.testing.assert_close(bias, torch.full_like(bias, math.log(0.001 / 0.999)))
+
+
+def test_head_keeps_its_checkpoint_layout():
+    # Towers of (3x3 conv without bias, GroupNorm with 32 groups, ReLU) x 2, then the three
+    # output convs and one regression scale per level: the keys ATSS checkpoints hold.
+    model = _model()
+    keys = {k for k in model.state_dict() if k.startswith("head.")}
+    expected = {"head.scales"}
+    for tower in ("cls_subnet", "bbox_subnet"):
+        expected |= {f"head.{tower}.{i}.weight" for i in (0, 1, 3, 4)}
+        expected |= {f"head.{tower}.{i}.bias" for i in (1, 4)}
+    for layer in ("cls_score", "bbox_pred", "quality"):
+        expected |= {f"head.{layer}.weight", f"head.{layer}.bias"}
+    assert keys == expected
+    norms = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
+    assert [(m.num_groups, m.num_channels) for m in norms] == [(32, 32)] * 4
+    assert model.head.scales.tolist() == [1.0] * 5
+    assert model.head.quality.bias.abs().sum() == 0
+
+
+def test_head_and_classifier_mismatch_is_reported():
+    with pytest.raises(ValueError, match="NUM_CONVS"):
+        _model(**{"MODEL.ATSS.NUM_CONVS": 0})
+    cfg = tiny_dense_cfg("ATSS")
+    kwargs = ATSS.from_config(cfg, category_stats=STATS)
+    four = CategoryStats(instance_counts=[1, 1, 1, 1], image_counts=[1, 1, 1, 1], num_images=1)
+    kwargs["classifier"] = build_dense_classifier(cfg, 4, four)
+    with pytest.raises(ValueError, match="1 anchors x 4 classes .MODEL.ATSS.NUM_CLASSES"):
+        ATSS(**kwargs)

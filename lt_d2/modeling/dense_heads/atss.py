@@ -2,7 +2,7 @@
 via Adaptive Training Sample Selection") with a pluggable dense classifier.
 
 The one-stage detector the EFL paper ([EFL] sec. 4.1, Tables 1, 2, 5, 6) builds its improved
-baseline on. Positives are chosen by adaptive training sample selection (:func:`atss_match`):
+baseline on. Positives are chosen by adaptive training sample selection (:mod:`.atss_matching`):
 for every GT box, the k anchors nearest to its centre on each pyramid level are candidates,
 and a candidate is positive when its IoU with the GT reaches the candidates' mean + standard
 deviation and its centre lies inside the GT box; an anchor claimed by several GTs goes to the
@@ -11,8 +11,10 @@ localisation-quality branch predicts either the centerness of the anchor (ATSS) 
 the regressed box with its GT ([EFL] improved baseline); at inference its sigmoid is combined
 with the classification probability as sqrt(p_cls * p_quality).
 
-Classification goes through a :class:`lt_d2.classifiers.DenseClassifier` (focal loss, EFL,
-EQL v2 & focal, ...), which also initialises the classification bias.
+The head is detectron2's RetinaNet head plus the quality branch and a learnable scale per
+level; inference is RetinaNet's. Classification goes through a
+:class:`lt_d2.classifiers.DenseClassifier` (focal loss, EFL, EQL v2 & focal, ...), wired by
+:class:`~.dense_classification.DenseClassifierHead`.
 
 Shape shorthand: N = images, R = anchors of one image over all levels, R_l = anchors on
 level l, G = GT boxes of one image, P = positive anchors of the batch, C = foreground classes,
@@ -20,115 +22,35 @@ A = anchors per location.
 """
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms, cat, get_norm
+from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lt_d2.classifiers import DenseClassifier, build_dense_classifier
+from lt_d2.classifiers import DenseClassifier
+from lt_d2.compat import retinanet_head_norm
 
-from ..classifier_head import ClassifierHead
+from .atss_matching import atss_match, centerness_targets
+from .dense_classification import DenseClassifierHead
 
-__all__ = ["ATSS", "ATSSHead", "atss_match", "centerness_targets"]
+__all__ = ["ATSS", "ATSSHead"]
 
 logger = logging.getLogger(__name__)
 
 QUALITY_BRANCHES = ("centerness", "iou")
-
-
-def atss_match(anchors_per_level: Sequence[Tensor], gt_boxes: Tensor, topk: int) -> Tensor:
-    """Adaptive training sample selection (ATSS paper, Algorithm 1) for one image.
-
-    For each GT g: on every level l, the ``min(topk, R_l)`` anchors whose centres are nearest
-    (L2) to g's centre form the candidate set C_g; t_g = mean(IoU(C_g, g)) + std(IoU(C_g, g))
-    (sample standard deviation, as in the ATSS reference code); a candidate is positive for g
-    when IoU >= t_g and its centre lies strictly inside g. An anchor positive for several GTs
-    is assigned to the one with the highest IoU.
-
-    Args:
-        anchors_per_level: per level, (R_l, 4) anchor boxes (x0, y0, x1, y1).
-        gt_boxes: (G, 4) GT boxes.
-        topk: candidates per level and GT (k).
-
-    Returns:
-        (R,) int64: the index of the matched GT per anchor, -1 for background.
-    """
-    if topk < 1:
-        raise ValueError(f"ATSS top-k must be >= 1 (MODEL.ATSS.TOPK), got {topk}")
-    anchors = torch.cat(list(anchors_per_level), dim=0)
-    num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
-    matched = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
-    if num_gt == 0 or num_anchors == 0:
-        return matched
-
-    anchor_centers = (anchors[:, :2] + anchors[:, 2:]) / 2  # (R, 2)
-    gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # (G, 2)
-    distances = torch.cdist(anchor_centers, gt_centers)  # (R, G)
-
-    candidates = []  # per level: (k_l, G) anchor indices into the concatenation
-    start = 0
-    for level_anchors in anchors_per_level:
-        count = level_anchors.shape[0]
-        if count > 0:
-            k = min(topk, count)
-            nearest = distances[start : start + count].topk(k, dim=0, largest=False).indices
-            candidates.append(nearest + start)
-        start += count
-    candidates = torch.cat(candidates, dim=0)  # (K, G)
-
-    ious = pairwise_iou(Boxes(anchors), Boxes(gt_boxes))  # (R, G)
-    candidate_ious = ious.gather(0, candidates)  # (K, G)
-    threshold = candidate_ious.mean(dim=0)
-    if candidates.shape[0] > 1:
-        threshold = threshold + candidate_ious.std(dim=0)
-    positive = candidate_ious >= threshold[None, :]
-
-    # centre strictly inside the GT: min(cx - x0, cy - y0, x1 - cx, y1 - cy) > 0
-    centers = anchor_centers[candidates]  # (K, G, 2)
-    inside = torch.cat([centers - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - centers], dim=2)
-    positive &= inside.min(dim=2).values > 0
-
-    # an anchor positive for several GTs takes the GT with the highest IoU
-    claimed = torch.full_like(ious, -1.0)  # (R, G): IoU where positive, -1 elsewhere
-    gt_index = torch.arange(num_gt, device=anchors.device).expand_as(candidates)
-    claimed[candidates[positive], gt_index[positive]] = candidate_ious[positive]
-    best_iou, best_gt = claimed.max(dim=1)
-    return torch.where(best_iou >= 0, best_gt, matched)
-
-
-def centerness_targets(anchor_centers: Tensor, gt_boxes: Tensor) -> Tensor:
-    """FCOS/ATSS centerness sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)).
-
-    Args:
-        anchor_centers: (P, 2) anchor centres, strictly inside their GT.
-        gt_boxes: (P, 4) matched GT boxes.
-
-    Returns:
-        (P,) in (0, 1].
-    """
-    left_right = torch.stack(
-        [anchor_centers[:, 0] - gt_boxes[:, 0], gt_boxes[:, 2] - anchor_centers[:, 0]], dim=1
-    )
-    top_bottom = torch.stack(
-        [anchor_centers[:, 1] - gt_boxes[:, 1], gt_boxes[:, 3] - anchor_centers[:, 1]], dim=1
-    )
-    ratio = (left_right.min(dim=1).values / left_right.max(dim=1).values) * (
-        top_bottom.min(dim=1).values / top_bottom.max(dim=1).values
-    )
-    return ratio.clamp(min=0).sqrt()
 
 
 def _mean_over_workers(value: Tensor) -> float:
@@ -140,26 +62,15 @@ def _mean_over_workers(value: Tensor) -> float:
     return float(value)
 
 
-def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
-    """3x3 conv (+ norm) + ReLU per entry of ``conv_dims``."""
-    layers: List[nn.Module] = []
-    for out_channels in conv_dims:
-        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not norm))
-        if norm:
-            layers.append(get_norm(norm, out_channels))
-        layers.append(nn.ReLU())
-        in_channels = out_channels
-    return nn.Sequential(*layers)
-
-
-class ATSSHead(nn.Module):
-    """ATSS's head: a classification and a box tower shared by all levels, a learnable
-    regression scale per level, and a one-channel-per-anchor quality branch (centerness or
-    IoU) on the box tower.
+class ATSSHead(RetinaNetHead):
+    """ATSS's head: detectron2's RetinaNet head (a classification and a box tower shared by all
+    levels) plus a learnable regression scale per level and a one-channel-per-anchor quality
+    branch (centerness or IoU) on the box tower, the way detectron2's ``FCOSHead`` adds its
+    centerness branch.
 
     Forward returns three lists over levels: logits (N, A*C, H, W), deltas (N, A*4, H, W)
-    and quality logits (N, A, H, W). The classification bias is left at 0 for the detector
-    to initialise through its classifier.
+    and quality logits (N, A, H, W). The classification bias is left for the detector to
+    initialise through its classifier.
     """
 
     def __init__(
@@ -176,35 +87,38 @@ class ATSSHead(nn.Module):
             input_shape: shapes of the input features, one per level (equal channels).
             num_classes: classification logits per anchor (the classifier's ``num_logits``).
             num_anchors: anchors per location (A).
-            conv_dims: output channels of each tower conv.
+            conv_dims: output channels of each tower conv (at least one).
             norm: normalisation of the tower convs (``detectron2.layers.get_norm`` names;
-                "GN" is GroupNorm with 32 groups, ATSS's choice).
+                "GN" is GroupNorm with 32 groups, ATSS's choice; "BN" and "SyncBN" are
+                RetinaNetHead's per-level batch norms). Normalised tower convs have no bias.
         """
-        super().__init__()
         if len({s.channels for s in input_shape}) != 1:
             raise ValueError(
                 f"ATSSHead shares its towers across levels and needs equal channels, got "
                 f"{[s.channels for s in input_shape]}"
             )
-        in_channels = input_shape[0].channels
-        head_channels = conv_dims[-1] if conv_dims else in_channels
-        self.num_levels = len(input_shape)
-        self.cls_subnet = _tower(in_channels, conv_dims, norm)
-        self.bbox_subnet = _tower(in_channels, conv_dims, norm)
-        self.cls_score = nn.Conv2d(head_channels, num_anchors * num_classes, 3, padding=1)
-        self.bbox_pred = nn.Conv2d(head_channels, num_anchors * 4, 3, padding=1)
-        self.quality = nn.Conv2d(head_channels, num_anchors, 3, padding=1)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                if module.bias is not None:
-                    nn.init.constant_(module.bias, 0.0)
-        self.scales = nn.Parameter(torch.ones(self.num_levels))
+        if not conv_dims:
+            raise ValueError("ATSSHead needs at least one tower conv (MODEL.ATSS.NUM_CONVS >= 1)")
+        super().__init__(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            num_anchors=num_anchors,
+            conv_dims=conv_dims,
+            norm=retinanet_head_norm(norm),
+        )
+        if norm:  # a conv followed by a normalisation has no bias (checkpoint keys as before)
+            for layer in (*self.cls_subnet, *self.bbox_subnet):
+                if isinstance(layer, nn.Conv2d):
+                    layer.bias = None
+        self.quality = nn.Conv2d(conv_dims[-1], num_anchors, kernel_size=3, padding=1)
+        nn.init.normal_(self.quality.weight, std=0.01)
+        nn.init.constant_(self.quality.bias, 0.0)
+        self.scales = nn.Parameter(torch.ones(len(input_shape)))
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
-        if len(features) != self.num_levels:
+        if len(features) != len(self.scales):
             raise ValueError(
-                f"ATSSHead was built for {self.num_levels} feature levels, got "
+                f"ATSSHead was built for {len(self.scales)} feature levels, got "
                 f"{len(features)}: check MODEL.ATSS.IN_FEATURES"
             )
         logits, deltas, quality = [], [], []
@@ -217,7 +131,7 @@ class ATSSHead(nn.Module):
 
 
 @META_ARCH_REGISTRY.register()
-class ATSS(ClassifierHead, DenseDetector):
+class ATSS(DenseClassifierHead, DenseDetector):
     """ATSS detector: adaptive training sample selection, GIoU box loss, centerness or IoU
     quality branch, classification by a pluggable :class:`DenseClassifier`.
 
@@ -278,32 +192,11 @@ class ATSS(ClassifierHead, DenseDetector):
             )
         if topk < 1:
             raise ValueError(f"MODEL.ATSS.TOPK must be >= 1, got {topk}")
-        num_cell_anchors = set(anchor_generator.num_cell_anchors)
-        if len(num_cell_anchors) != 1:
-            raise ValueError(
-                "ATSS needs the same number of anchors per location on every level; got "
-                f"{anchor_generator.num_cell_anchors}: give MODEL.ANCHOR_GENERATOR.SIZES the "
-                "same number of sizes per level"
-            )
-        self.num_anchors = num_cell_anchors.pop()
         self.num_classes = classifier.num_classes
-        if classifier.num_logits != self.num_classes:
-            raise ValueError(
-                f"ATSS needs a dense classifier with one logit per class; "
-                f"{type(classifier).__name__} has {classifier.num_logits} for "
-                f"{self.num_classes} classes"
-            )
-        if head.cls_score.out_channels != self.num_anchors * self.num_classes:
-            raise ValueError(
-                f"the head predicts {head.cls_score.out_channels} classification channels, "
-                f"expected {self.num_anchors} anchors x {self.num_classes} classes"
-            )
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
-        self.attach_classifier(classifier, gradient_stats)
-        with torch.no_grad():
-            for bias in head.cls_score.bias.view(self.num_anchors, self.num_classes):
-                classifier.init_bias(bias)
+        self.attach_dense_classifier(classifier, gradient_stats)
+        self.num_anchors = anchor_generator.num_cell_anchors[0]
 
         self.topk = topk
         self.quality_branch = quality_branch
@@ -327,10 +220,10 @@ class ATSS(ClassifierHead, DenseDetector):
             )
         feature_shapes = [backbone_shape[f] for f in cfg.MODEL.ATSS.IN_FEATURES]
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
-        classifier = build_dense_classifier(cfg, cfg.MODEL.ATSS.NUM_CLASSES, category_stats)
+        classification = cls.dense_classifier_from_config(cfg, category_stats)
         head = ATSSHead(
             input_shape=feature_shapes,
-            num_classes=classifier.num_logits,
+            num_classes=classification["classifier"].num_logits,
             num_anchors=anchor_generator.num_cell_anchors[0],
             conv_dims=[feature_shapes[0].channels] * cfg.MODEL.ATSS.NUM_CONVS,
             norm=cfg.MODEL.ATSS.NORM,
@@ -341,12 +234,11 @@ class ATSS(ClassifierHead, DenseDetector):
             "head_in_features": cfg.MODEL.ATSS.IN_FEATURES,
             "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.ATSS.BBOX_REG_WEIGHTS),
-            "classifier": classifier,
+            **classification,
             "topk": cfg.MODEL.ATSS.TOPK,
             "quality_branch": cfg.MODEL.ATSS.QUALITY_BRANCH,
             "box_loss_weight": cfg.MODEL.ATSS.BOX_LOSS_WEIGHT,
             "quality_loss_weight": cfg.MODEL.ATSS.QUALITY_LOSS_WEIGHT,
-            "gradient_stats": cfg.MODEL.GRADIENT_STATS.ENABLED,
             "test_score_thresh": cfg.MODEL.ATSS.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.ATSS.NMS_THRESH_TEST,
@@ -384,9 +276,6 @@ class ATSS(ClassifierHead, DenseDetector):
             matched_boxes.append(boxes)
         return gt_labels, matched_boxes
 
-    def classification_layer(self) -> nn.Conv2d:
-        return self.head.cls_score
-
     def losses(
         self,
         anchors: List[Boxes],
@@ -410,15 +299,9 @@ class ATSS(ClassifierHead, DenseDetector):
         average (the EFL authors' code, United-Perception's IoU-branch post-process).
         """
         num_images = len(gt_labels)
-        gt_labels = torch.stack(gt_labels)  # (N, R)
-        positive = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        num_positive = positive.sum()
-        get_event_storage().put_scalar("num_pos_anchors", num_positive.item() / num_images)
-        normalizer = max(_mean_over_workers(num_positive.float()), 1.0)
-
-        logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
-        labels = gt_labels.reshape(-1)
-        losses = self.classification_losses(logits, labels, normalizer)
+        gt_labels, positive = self.positive_anchors(gt_labels)  # (N, R) each
+        normalizer = max(_mean_over_workers(positive.sum().float()), 1.0)
+        losses = self.dense_classification_losses(pred_logits, gt_labels, normalizer)
 
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         pos_anchors = all_anchors.expand(num_images, -1, -1)[positive]  # (P, 4)
@@ -448,6 +331,8 @@ class ATSS(ClassifierHead, DenseDetector):
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ) -> List[Instances]:
+        """detectron2's RetinaNet inference on the scores sqrt(p_cls * sigmoid(quality)), as
+        detectron2's FCOS (arXiv:2006.09214, eq. 4), with p_cls from the classifier."""
         pred_logits, pred_deltas, pred_quality = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1]
         )
@@ -455,32 +340,13 @@ class ATSS(ClassifierHead, DenseDetector):
         results = []
         for img_idx, image_size in enumerate(images.image_sizes):
             scores = [
-                torch.sqrt(
-                    self.classifier.predict_probs(logits[img_idx]) * quality[img_idx].sigmoid()
-                )
-                for logits, quality in zip(pred_logits, pred_quality)
+                torch.sqrt(probs * quality[img_idx].sigmoid())
+                for probs, quality in zip(self.image_scores(pred_logits, img_idx), pred_quality)
             ]
             deltas = [d[img_idx] for d in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
 
-    def inference_single_image(
-        self,
-        anchors: List[Boxes],
-        scores: List[Tensor],
-        deltas: List[Tensor],
-        image_size: Tuple[int, int],
-    ) -> Instances:
-        """Per level (R_l, C) scores and (R_l, 4) deltas -> detections after per-class NMS."""
-        pred = self._decode_multi_level_predictions(
-            anchors,
-            scores,
-            deltas,
-            self.test_score_thresh,
-            self.test_topk_candidates,
-            image_size,
-        )
-        keep = batched_nms(
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
-        )
-        return pred[keep[: self.max_detections_per_image]]
+    # Per level (R_l, C) scores and (R_l, 4) deltas -> detections after per-class NMS: the
+    # top-k candidates per level above the score threshold, decoded, NMS, the best kept.
+    inference_single_image = RetinaNet.inference_single_image

@@ -20,13 +20,12 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils.events import get_event_storage
-from torch import Tensor, nn
+from torch import Tensor
 
-from lt_d2.classifiers import DenseClassifier, build_dense_classifier
+from lt_d2.classifiers import DenseClassifier
 
 from ..box_losses import box_regression_loss, box_regression_loss_args
-from ..classifier_head import ClassifierHead
+from .dense_classification import DenseClassifierHead
 
 __all__ = ["LTRetinaNet"]
 
@@ -37,7 +36,7 @@ _LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
 
 
 @META_ARCH_REGISTRY.register()
-class LTRetinaNet(ClassifierHead, RetinaNet):
+class LTRetinaNet(DenseClassifierHead, RetinaNet):
     """RetinaNet whose classification loss, scores and bias initialisation are delegated to a
     :class:`DenseClassifier`. Losses: the classifier's (``loss_cls``) and ``loss_box_reg``.
     """
@@ -66,42 +65,25 @@ class LTRetinaNet(ClassifierHead, RetinaNet):
                 ``focal_loss_gamma`` are not used: the classifier owns its loss).
         """
         super().__init__(**kwargs)
-        if classifier.num_classes != self.num_classes or classifier.num_logits != self.num_classes:
-            raise ValueError(
-                f"the dense classifier {type(classifier).__name__} has "
-                f"{classifier.num_classes} classes and {classifier.num_logits} logits; "
-                f"RetinaNet needs one logit per class for MODEL.RETINANET.NUM_CLASSES = "
-                f"{self.num_classes}"
-            )
         if self.box_reg_loss_type in _LT_BOX_LOSSES and not box_reg_loss_args:
             raise ValueError(
                 f"box_reg_loss_type '{self.box_reg_loss_type}' needs box_reg_loss_args (its "
                 f"beta, alpha, gamma; from_config reads them from MODEL.BALANCED_L1)"
             )
         self.box_reg_loss_args = dict(box_reg_loss_args or {})
-        self.attach_classifier(classifier, gradient_stats)
-        cls_bias = self.head.cls_score.bias
-        with torch.no_grad():
-            for bias in cls_bias.view(-1, self.num_classes):  # one row per anchor per location
-                classifier.init_bias(bias)
+        self.attach_dense_classifier(classifier, gradient_stats)
 
     @classmethod
     def from_config(cls, cfg, category_stats=None) -> Dict:
         ret = super().from_config(cfg)
         ret.pop("focal_loss_alpha", None)
         ret.pop("focal_loss_gamma", None)
-        ret["classifier"] = build_dense_classifier(
-            cfg, cfg.MODEL.RETINANET.NUM_CLASSES, category_stats
-        )
-        ret["gradient_stats"] = cfg.MODEL.GRADIENT_STATS.ENABLED
+        ret.update(cls.dense_classifier_from_config(cfg, category_stats))
         if ret["box_reg_loss_type"] in _LT_BOX_LOSSES:
             ret["box_reg_loss_args"] = box_regression_loss_args(
                 cfg, ret["box_reg_loss_type"], ret["smooth_l1_beta"]
             )
         return ret
-
-    def classification_layer(self) -> nn.Conv2d:
-        return self.head.cls_score
 
     def losses(
         self,
@@ -120,15 +102,10 @@ class LTRetinaNet(ClassifierHead, RetinaNet):
                 and (R, 4) matched boxes, from :meth:`RetinaNet.label_anchors`.
         """
         num_images = len(gt_labels)
-        gt_labels = torch.stack(gt_labels)  # (N, R)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        gt_labels, pos_mask = self.positive_anchors(gt_labels)  # (N, R) each
         num_pos_anchors = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
-
-        logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
-        labels = gt_labels.reshape(-1)
-        losses = self.classification_losses(logits, labels, normalizer)
+        losses = self.dense_classification_losses(pred_logits, gt_labels, normalizer)
 
         if self.box_reg_loss_type in _LT_BOX_LOSSES:
             all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
@@ -164,7 +141,7 @@ class LTRetinaNet(ClassifierHead, RetinaNet):
         anchors = self.anchor_generator(features)
         results = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [self.classifier.predict_probs(x[img_idx]) for x in pred_logits]
+            scores = self.image_scores(pred_logits, img_idx)
             deltas = [x[img_idx] for x in pred_anchor_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
