@@ -2,7 +2,11 @@
 #   make demo        train + evaluate the demo Mask R-CNN on the generated long-tailed dataset
 #   make test        lint, layering contracts and the test suite (two pytest workers, one thread
 #                    each: the tests are small models, which use two processes better than two
-#                    threads)
+#                    threads): the unit tier and the integration tier
+#   make test-fast   lint, layering contracts and the unit tier only (-m "not integration"):
+#                    leaves out the tests marked `integration` (training or evaluating through
+#                    the trainer or train_net.py, several processes, installs); tests/conftest.py
+#                    fails an unmarked test that does one of those
 # With your own detectron2 (e.g. built from source on a GPU machine), name its interpreter:
 #   PYTHON=/path/to/python make test
 # and the second test environment, detectron2 main built from ../shared/third_party:
@@ -21,7 +25,7 @@ D2_MAIN_ARCHIVE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 D2_MAIN_ENV := .venv-d2main
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
-.PHONY: demo test test-main venv
+.PHONY: demo lint test test-fast test-main venv
 
 venv: $(STAMP)
 
@@ -32,11 +36,16 @@ $(STAMP): install/install.sh install/requirements.txt install/requirements-dev.t
 demo: venv
 	$(PY) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
 
-test: venv
+lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PYTEST)
+
+test-fast: lint
+	$(PYTEST) -m "not integration"
 
 # On detectron2 main the whole suite runs except the method sweeps (one short training per
 # registered classifier x head, per Libra demo config), of which a representative subset runs:

@@ -1,38 +1,16 @@
-"""Shared fixtures: configs of the tiny demo model, shrunk to "instant" size for tests."""
+"""Shared fixtures: configs of the tiny demo model, shrunk to "instant" size for tests; and the
+check that keeps integration runs out of the unit tier. Helpers live in tests/helpers/."""
 
 import os
+import subprocess
 from typing import Callable
 
 import pytest
-from detectron2.config import CfgNode, get_cfg
+import torch.multiprocessing as mp
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, TrainerBase
 
-import lt_d2  # noqa: F401  (registers classifiers, heads and the demo datasets)
-from lt_d2.config import add_lt_config, merge_lt_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "softmax_mask_rcnn_R_18_FPN_demo.yaml")
-
-# Shrinks any demo config to a few seconds per iteration batch on the CPU: 2 images per
-# batch, fewer proposals and ROIs, no data-loading worker processes.
-INSTANT_OPTS = [
-    "SOLVER.IMS_PER_BATCH", 2,
-    "SOLVER.MAX_ITER", 20,
-    "SOLVER.WARMUP_ITERS", 5,
-    "SOLVER.CHECKPOINT_PERIOD", 100000,
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
-    "DATALOADER.NUM_WORKERS", 0,
-]  # fmt: skip
-
-
-def load_config(config_file: str, *opts) -> CfgNode:
-    """A config as train_net.py builds it (get_cfg + add_lt_config + merge_lt_config of the
-    file and opts), unfrozen."""
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    merge_lt_config(cfg, config_file, [str(o) for o in opts])
-    return cfg
+from helpers.config import DEMO_CONFIG, INSTANT_OPTS, load_config
 
 
 @pytest.fixture
@@ -46,3 +24,43 @@ def instant_cfg(tmp_path) -> Callable[..., CfgNode]:
         return cfg
 
     return make
+
+
+def _runs_an_interpreter(args) -> bool:
+    """Whether a Popen command runs Python (train_net.py, a script) or a shell (install.sh)."""
+    argv = args.split() if isinstance(args, str) else list(args)
+    program = os.path.basename(str(argv[0])) if argv else ""
+    return program.startswith("python") or program in ("bash", "sh")
+
+
+@pytest.fixture(autouse=True)
+def integration_runs_are_marked(request, monkeypatch):
+    """An integration run is a test that trains or evaluates through the trainer (in-process
+    or train_net.py), starts worker processes, or runs Python or a shell in a subprocess
+    (train_net.py, install.sh). Such a test must be marked ``integration`` (``pytestmark``
+    for a whole module), so that ``make test-fast`` (``-m "not integration"``) leaves it out;
+    an unmarked one fails here at the call, before it spends the time."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(what):
+        def call(*args, **kwargs):
+            pytest.fail(
+                f"{request.node.nodeid} {what}: mark it @pytest.mark.integration "
+                "(pytestmark = pytest.mark.integration for a whole module)",
+                pytrace=False,
+            )
+
+        return call
+
+    class GuardedPopen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            if _runs_an_interpreter(args):
+                refuse(f"runs {args!r} in a subprocess")()
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(TrainerBase, "train", refuse("trains through the trainer"))
+    monkeypatch.setattr(DefaultTrainer, "test", refuse("evaluates through the trainer"))
+    monkeypatch.setattr(mp, "start_processes", refuse("starts worker processes"))
+    monkeypatch.setattr(mp, "spawn", refuse("starts worker processes"))
+    monkeypatch.setattr(subprocess, "Popen", GuardedPopen)

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from gloo import run_on_gloo_workers
 from torch import nn
 
 from lt_d2.compat import (
@@ -19,7 +18,8 @@ from lt_d2.compat import (
 )
 from lt_d2.evaluation import has_compiled_ops
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.config import REPO
+from helpers.gloo import run_on_gloo_workers
 
 
 def test_numpy_alias_exists_only_inside_the_block():
@@ -77,6 +77,7 @@ def test_multi_process_without_gpu_is_refused_where_launch_cannot():
         assert "--num-gpus 1" in message and "detectron2 main" in message
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: launch uses NCCL")
 def test_train_net_refuses_two_processes_before_starting_them(tmp_path):
     if launch_supports_cpu():
@@ -109,6 +110,7 @@ def _wrap_cpu_model(rank: int, out_dir: str) -> None:
         f.write(f"{type(ddp).__name__} {ddp.device_ids} {restored}\n{with_ids}")
 
 
+@pytest.mark.integration
 def test_cpu_model_is_wrapped_without_device_ids(tmp_path):
     run_on_gloo_workers(_wrap_cpu_model, 2, str(tmp_path))
     for rank in range(2):
@@ -141,6 +143,7 @@ def _install(venv, python) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_install_refuses_a_python_whose_detectron2_does_not_import(tmp_path):
     python = _fake_python(tmp_path, "raise ImportError('libdetectron2_ops.so: undefined symbol')")
     result = _install(tmp_path / "venv", python)
@@ -151,6 +154,7 @@ def test_install_refuses_a_python_whose_detectron2_does_not_import(tmp_path):
     assert not (tmp_path / "venv").exists()  # no fallback to the PyPI build
 
 
+@pytest.mark.integration
 def test_install_refuses_a_venv_made_for_another_route(tmp_path):
     python = _fake_python(tmp_path, "__version__ = '0.6'")
     venv = tmp_path / "venv"

@@ -11,12 +11,13 @@ import types
 
 import pytest
 import torch
-from conftest import REPO
 from detectron2.config import get_cfg
 
 from lt_d2.classifiers import CLASSIFIER_REGISTRY, build_classifier
 from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.data.category_stats import CategoryStats
+
+from helpers.config import REPO
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MODULE_FILE = "my_lt/class_balanced_ce.py"

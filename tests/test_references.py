@@ -9,7 +9,8 @@ import os
 import re
 
 import pytest
-from conftest import REPO
+
+from helpers.config import REPO
 
 SOURCES = sorted(
     os.path.relpath(p, REPO)

@@ -6,7 +6,6 @@ naming the file / key / value and the fix. Nothing is silently dropped, replaced
 """
 
 import importlib.util
-import json
 import logging
 import os
 import types
@@ -15,7 +14,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_CONFIG, REPO, load_config
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.structures import Boxes, Instances
@@ -33,6 +31,9 @@ from lt_d2.engine import LTCheckpointer, LTTrainer
 from lt_d2.engine.hooks import NonFiniteStateHook, nonfinite_update_warnings
 from lt_d2.evaluation import LTLVISEvaluator
 from lt_d2.evaluation.plot_balance import main as plot_balance_main
+
+from helpers.config import DEMO_CONFIG, REPO, load_config
+from helpers.lvis import write_lvis_json
 
 C = 4
 
@@ -109,36 +110,14 @@ def test_nan_gradient_is_not_folded_into_gradient_stats():
 # ----------------------------------------------------------------------------------------
 def _write_lvis(path, names, annotations, num_images=3, frequency="f", category_of=None):
     """An LVIS-format json: ``annotations`` is a list of (image id, category id) pairs."""
-    data = {
-        "images": [
-            {
-                "id": i,
-                "coco_url": f"http://localhost/train/{i:06d}.jpg",
-                "height": 32,
-                "width": 32,
-                "neg_category_ids": [],
-                "not_exhaustive_category_ids": [],
-            }
-            for i in range(1, num_images + 1)
-        ],
-        "annotations": [
-            {
-                "id": k + 1,
-                "image_id": img,
-                "category_id": cat,
-                "bbox": [2.0, 2.0, 8.0, 8.0],
-                "area": 64.0,
-                "segmentation": [[2.0, 2.0, 10.0, 2.0, 10.0, 10.0, 2.0, 10.0]],
-            }
-            for k, (img, cat) in enumerate(annotations)
-        ],
-        "categories": [
-            {"id": k + 1, "name": n, "frequency": frequency} for k, n in enumerate(names)
-        ],
-    }
-    with open(path, "w") as f:
-        json.dump(data, f)
-    return str(path)
+    return write_lvis_json(
+        path,
+        [{"name": n, "frequency": frequency} for n in names],
+        [(img, cat, 2.0, 2.0) for img, cat in annotations],
+        num_images=num_images,
+        image_size=32,
+        box_size=8,
+    )
 
 
 @pytest.fixture

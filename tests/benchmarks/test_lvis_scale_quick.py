@@ -19,7 +19,8 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_i
 from lt_d2.classifiers import CLASSIFIER_REGISTRY
 from lt_d2.evaluation.balance import list_balance_dumps, load_balance_dump
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers.config import REPO
+
 _spec = importlib.util.spec_from_file_location(
     "lvis_scale_classifiers", os.path.join(REPO, "benchmarks", "lvis_scale_classifiers.py")
 )
@@ -42,6 +43,7 @@ def profile():
     return sim.LVISProfile(stats, np.random.default_rng(0))
 
 
+@pytest.mark.integration  # the benchmark's whole --quick run (quick_run)
 def test_every_classifier_and_variant_trains_and_is_evaluated(quick_run):
     out, summary = quick_run
     assert summary["failures"] == {}
@@ -72,6 +74,7 @@ def test_lvis_evaluator_runs_at_1203_categories(tmp_path):
         assert 0.0 <= metrics[key] <= 100.0, key
 
 
+@pytest.mark.integration  # the benchmark's whole --quick run (quick_run)
 def test_validation_json_has_the_1203_lvis_v1_categories(quick_run):
     out, _ = quick_run
     data = json.load(open(os.path.join(out, "lvis_sim_v1_val.json")))
@@ -83,6 +86,7 @@ def test_validation_json_has_the_1203_lvis_v1_categories(quick_run):
     assert negatives and not negatives & positives  # verified absent where it is absent
 
 
+@pytest.mark.integration  # the benchmark's whole --quick run (quick_run)
 def test_figures_and_balance_dumps_are_written(quick_run):
     out, summary = quick_run
     names = sorted(os.path.basename(p) for p in summary["figures"])

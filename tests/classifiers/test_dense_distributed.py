@@ -4,10 +4,14 @@ seeing all anchors (same normalizer: detectron2 averages it over workers)."""
 
 import os
 
+import pytest
 import torch
-from gloo import run_on_gloo_workers
 
 from lt_d2.classifiers import DENSE_CLASSIFIER_REGISTRY
+
+from helpers.gloo import run_on_gloo_workers
+
+pytestmark = pytest.mark.integration  # two gloo processes
 
 C, N, STEPS, WORLD, NORMALIZER = 4, 12, 3, 2, 3.0
 STATEFUL = ("EqualizedFocalLoss", "EQLv2Focal")

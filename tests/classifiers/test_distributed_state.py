@@ -4,10 +4,14 @@ the whole batches."""
 
 import os
 
+import pytest
 import torch
-from gloo import run_on_gloo_workers
 
 from lt_d2.classifiers import CLASSIFIER_REGISTRY
+
+from helpers.gloo import run_on_gloo_workers
+
+pytestmark = pytest.mark.integration  # two gloo processes
 
 C, R, STEPS, WORLD = 5, 8, 3, 2
 STATEFUL = ("EQLv2", "Seesaw")

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from gloo import run_on_gloo_workers
 
 from lt_d2.classifiers import CLASSIFIER_REGISTRY, Classifier
 from lt_d2.classifiers.gradient_stats import GradientStats, gradient_balance, gradient_ratio
+
+from helpers.gloo import run_on_gloo_workers
 
 C = 4
 
@@ -287,6 +288,7 @@ def _worker(rank: int, out: str) -> None:
     )
 
 
+@pytest.mark.integration
 def test_two_gloo_workers_sum_their_shares(tmp_path):
     run_on_gloo_workers(_worker, 2, str(tmp_path))
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, load_config
+
+from helpers.config import REPO, load_config
 
 CONFIGS = sorted(
     p
@@ -43,6 +44,7 @@ def _train_net(*args, timeout=120):
     )
 
 
+@pytest.mark.integration
 def test_unknown_key_in_file_names_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -53,6 +55,7 @@ def test_unknown_key_in_file_names_the_file_and_key(tmp_path):
     assert str(bad) in proc.stderr and "MODEL.CLASIFIER" in proc.stderr
 
 
+@pytest.mark.integration
 def test_num_classes_mismatch_names_the_key_and_fix(tmp_path):
     proc = _train_net(
         "--config-file",

@@ -17,10 +17,11 @@ import json
 import os
 
 import pytest
-from conftest import REPO, load_config
 
 from lt_d2.classifiers import build_classifier
 from lt_d2.data.category_stats import CategoryStats
+
+from helpers.config import REPO, load_config
 
 COUNTS = os.path.join(REPO, "datasets", "lvis_v1_train_category_counts.json")
 EQL_FAMILY = ("EQL", "BackgroundEQL", "DropLoss")

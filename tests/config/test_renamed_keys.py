@@ -8,12 +8,13 @@ import os
 
 import pytest
 import yaml
-from conftest import REPO, load_config
 from detectron2.config import get_cfg
 
 from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.config.merge import RENAMED_SECTIONS, renamed_key
 from lt_d2.evaluation.paper_table import flatten, read_run
+
+from helpers.config import REPO, load_config
 
 EFL_DEMO = os.path.join(REPO, "configs", "demo", "efl", "efl_retinanet_R_18_FPN_demo.yaml")
 NEW_SCALE = "MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.SCALE"

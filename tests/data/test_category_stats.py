@@ -22,13 +22,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from lt_d2.data import CategoryStats, register_lvis_format
 from lt_d2.data.stats_cli import main as stats_main
 
+from helpers.config import REPO
+from helpers.lvis import write_lvis_json
+
 NAMES = ["apple", "banana", "cherry", "date", "fig", "grape"]
 IMAGES = [120, 11, 10, 1, 100, 101]
 INSTANCES = [121, 22, 10, 3, 100, 101]
 FREQUENCY = ["f", "c", "r", "r", "c", "f"]
 BAGS_GROUPS = [2, 1, 1, 0, 2, 2]
 NUM_IMAGES = 120
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _hand_built_lvis(path) -> str:
@@ -45,48 +47,28 @@ def _hand_built_lvis(path) -> str:
     annotations = []
     for cat, img, n in placements:
         for _ in range(n):
-            x = float(len(annotations) % 20)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": img,
-                    "category_id": cat,
-                    "bbox": [x, 2.0, 4.0, 4.0],
-                    "area": 16.0,
-                    "segmentation": [[x, 2.0, x + 4, 2.0, x + 4, 6.0, x, 6.0]],
-                }
-            )
-    data = {
-        "images": [
-            {
-                "id": i,
-                "coco_url": f"http://localhost/hand/train/{i:06d}.jpg",
-                "height": 32,
-                "width": 32,
-                "neg_category_ids": [],
-                "not_exhaustive_category_ids": [],
-            }
-            for i in range(1, NUM_IMAGES + 1)
-        ],
-        "annotations": annotations,
-        "categories": [
-            {
-                "id": k + 1,
-                "name": NAMES[k],
-                "synset": f"{NAMES[k]}.n.01",
-                "synonyms": [NAMES[k]],
-                "def": NAMES[k],
-                "frequency": FREQUENCY[k],
-                "image_count": IMAGES[k],
-                "instance_count": INSTANCES[k],
-            }
-            for k in range(len(NAMES))
-        ],
-    }
-    file = str(path / "hand_lvis_train.json")
-    with open(file, "w") as f:
-        json.dump(data, f)
-    return file
+            annotations.append((img, cat, len(annotations) % 20, 2.0))
+    categories = [
+        {
+            "name": NAMES[k],
+            "synset": f"{NAMES[k]}.n.01",
+            "synonyms": [NAMES[k]],
+            "def": NAMES[k],
+            "frequency": FREQUENCY[k],
+            "image_count": IMAGES[k],
+            "instance_count": INSTANCES[k],
+        }
+        for k in range(len(NAMES))
+    ]
+    return write_lvis_json(
+        path / "hand_lvis_train.json",
+        categories,
+        annotations,
+        num_images=NUM_IMAGES,
+        image_size=32,
+        box_size=4,
+        url="http://localhost/hand/train/{:06d}.jpg",
+    )
 
 
 @pytest.fixture

@@ -6,10 +6,14 @@ import math
 import os
 
 import pytest
-from conftest import REPO
 
 from lt_d2.classifiers import DENSE_CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
+
+from helpers.config import REPO
+from helpers.training import evaluation_results
+
+pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
 
 DENSE_CONFIGS = {
     "atss": os.path.join(REPO, "configs", "demo", "efl", "focal_atss_R_18_FPN_demo.yaml"),
@@ -24,7 +28,7 @@ def _train_and_evaluate(cfg):
     trainer.train()
     assert trainer.iter == cfg.SOLVER.MAX_ITER
     assert math.isfinite(trainer.storage.latest()["total_loss"][0])
-    results = trainer._last_eval_results
+    results = evaluation_results(trainer)
     assert set(results["bbox"]) >= {"AP", "APr", "APc", "APf"}
     return results
 

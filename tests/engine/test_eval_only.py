@@ -11,10 +11,14 @@ import subprocess
 import sys
 from collections import Counter
 
-from conftest import DEMO_CONFIG, REPO, load_config
+import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from lt_d2.engine import LTCheckpointer, LTTrainer
+
+from helpers.config import DEMO_CONFIG, REPO, load_config
+
+pytestmark = pytest.mark.integration  # train_net.py in a subprocess
 
 SCRIPT = os.path.join(REPO, "tests", "engine", "unreadable_train_set_train_net.py")
 LOADER_ERROR = "the training set is not on disk"

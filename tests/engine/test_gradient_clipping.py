@@ -8,13 +8,14 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, load_config
 from detectron2.config import get_cfg
 from torch import nn
 
 from lt_d2.config import add_lt_config
 from lt_d2.engine import LTTrainer
 from lt_d2.engine.gradient_clipping import add_full_model_gradient_clipping
+
+from helpers.config import REPO, load_config
 
 G1 = [3.0, 0.0, -4.0]  # ||g1|| = 5
 G2 = [[1.0, 2.0], [2.0, -4.0]]  # ||g2|| = 5

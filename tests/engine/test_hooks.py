@@ -73,12 +73,25 @@ def _train(model, trainer, hook, iters):
         hook.after_step()
 
 
+class _ImageRecordingStorage(EventStorage):
+    """An EventStorage that also lists the images put into it, (name, image) in order
+    (EventStorage hands them only to its writers)."""
+
+    def __init__(self, start_iter=0):
+        super().__init__(start_iter)
+        self.images = []
+
+    def put_image(self, img_name, img_tensor):
+        super().put_image(img_name, img_tensor)
+        self.images.append((img_name, img_tensor))
+
+
 def _run(model, tmp_path, iters=4, period=2):
     torch.manual_seed(0)
     trainer = SimpleNamespace(model=model.train(), iter=0, max_iter=iters)
     hook = GradientBalanceHook(period, STATS, str(tmp_path))
     hook.trainer = trainer
-    with EventStorage(0) as storage:
+    with _ImageRecordingStorage(0) as storage:
         trainer.storage = storage
         hook.before_train()
         _train(model, trainer, hook, iters)
@@ -96,7 +109,7 @@ def test_scalars_images_and_dumps(tmp_path):
         assert latest[f"lt/grad_ratio_{g}"][0] == pytest.approx(ratio[freq == g].mean())
         assert latest[f"lt/weight_norm_{g}"][0] == pytest.approx(norms[freq == g].mean())
         assert latest[f"lt/grad_ratio_{g}"][1] == 3  # logged at the last iteration
-    images = [(name, img) for name, img, _ in storage._vis_data]
+    images = storage.images
     assert [name for name, _ in images] == ["lt/balance", "lt/balance"]  # iterations 2 and 4
     img = images[-1][1]
     assert img.dtype == np.uint8 and img.shape[0] == 3 and img.shape[1] > 100
@@ -120,7 +133,7 @@ def test_cascade_stages_get_suffixes(tmp_path):
             assert f"lt/grad_ratio_{g}_stage{k}" in latest
             assert f"lt/weight_norm_{g}_stage{k}" in latest
     assert "lt/grad_ratio_r" not in latest
-    names = [name for name, _, _ in storage._vis_data]
+    names = [name for name, _ in storage.images]
     assert names == ["lt/balance_stage0", "lt/balance_stage1"]
     dump = load_balance_dump(list_balance_dumps(str(tmp_path))[0])
     assert dump.stages == ["box_predictor.0", "box_predictor.1"]

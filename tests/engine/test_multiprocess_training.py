@@ -26,7 +26,8 @@ import torch
 
 from lt_d2.compat import launch_supports_cpu
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers.config import REPO
+
 SCRIPT = os.path.join(REPO, "tests", "engine", "dump_state_train_net.py")
 CONFIG = os.path.join(REPO, "configs", "demo", "eqlv2", "eqlv2_mask_rcnn_R_18_FPN_demo.yaml")
 ITERATIONS, PERIOD = 4, 2
@@ -48,11 +49,14 @@ OPTS = [
     "SEED", "3",
 ]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(
-    torch.cuda.is_available() or not launch_supports_cpu(),
-    reason="needs a detectron2 whose launch trains CPU processes with gloo (main; make "
-    "test-main); detectron2 v0.6's launch needs CUDA",
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        torch.cuda.is_available() or not launch_supports_cpu(),
+        reason="needs a detectron2 whose launch trains CPU processes with gloo (main; make "
+        "test-main); detectron2 v0.6's launch needs CUDA",
+    ),
+]
 
 
 def _free_port() -> int:

@@ -12,6 +12,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from lt_d2.engine import LTTrainer
 from lt_d2.modeling.roi_heads import LTBoxPredictor
 
+from helpers.training import evaluation_results
+
 
 def _train(cfg, resume=False):
     trainer = LTTrainer(cfg)
@@ -20,6 +22,7 @@ def _train(cfg, resume=False):
     return trainer
 
 
+@pytest.mark.integration
 def test_train_checkpoint_resume_and_evaluate(instant_cfg):
     cfg = instant_cfg("SOLVER.CHECKPOINT_PERIOD", 10, "SOLVER.MAX_ITER", 20, "DATASETS.TEST", "()")
     trainer = _train(cfg)
@@ -54,7 +57,7 @@ def test_train_checkpoint_resume_and_evaluate(instant_cfg):
         assert total.sum() > 0
     resumed.train()
     assert resumed.iter == 24  # detectron2 leaves iter at MAX_ITER after the loop
-    results = resumed._last_eval_results
+    results = evaluation_results(resumed)
     for task in ("bbox", "segm"):
         for key in ("AP", "AP50", "AP75", "APr", "APc", "APf"):
             assert key in results[task], (task, key)
@@ -79,6 +82,7 @@ def first_stage(instant_cfg):
     return os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), trainer.model.state_dict()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["cRT", "LWS"])
 def test_decoupled_stage_trains_only_the_classifier(instant_cfg, first_stage, tmp_path, mode):
     weights, first = first_stage

@@ -5,10 +5,14 @@ import math
 import os
 
 import pytest
-from conftest import REPO
 
 from lt_d2.classifiers import CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
+
+from helpers.config import REPO
+from helpers.training import evaluation_results
+
+pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
 
 CASCADE_DEMO = os.path.join(REPO, "configs", "demo", "softmax_cascade_mask_rcnn_R_18_FPN_demo.yaml")
 # The demo dataset has no category with 1000+ training instances (BAGS's last group).
@@ -29,6 +33,6 @@ def test_trains_and_evaluates(instant_cfg, name, heads):
     assert trainer.iter == 20  # MAX_ITER after the loop
     latest = trainer.storage.latest()
     assert math.isfinite(latest["total_loss"][0])
-    results = trainer._last_eval_results
+    results = evaluation_results(trainer)
     for task in ("bbox", "segm"):
         assert set(results[task]) >= {"AP", "APr", "APc", "APf"}

@@ -1,18 +1,16 @@
 """Fixed AP (Dave et al. 2021) against hand computations on a hand-made LVIS json where the
 per-image limit of standard LVIS AP and the per-category budget of Fixed AP disagree."""
 
-import json
-
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.structures import Boxes, Instances
 from lvis import LVIS
 
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation import build_lvis_evaluator, evaluate_fixed_ap, top_detections_per_category
+
+from helpers.lvis import evaluate_detections, write_lvis_json
 
 # contiguous categories 0 (frequent), 1 (rare), 2 (common); json ids 1, 2, 3
 TRAIN = CategoryStats(instance_counts=[900, 6, 80], image_counts=[500, 5, 50], num_images=1000)
@@ -42,35 +40,18 @@ FIXED_300 = {"AP": 200 / 3, "APf": 0.0, "APr": 100.0, "APc": 100.0}
 
 
 def _lvis_json(path):
-    images = [
-        {
-            "id": i,
-            "width": 100,
-            "height": 100,
-            "coco_url": f"http://x/val/{i:012d}.jpg",
-            "neg_category_ids": [],
-            "not_exhaustive_category_ids": [],
-        }
-        for i in GT
-    ]
-    anns = [
-        {
-            "id": k + 1,
-            "image_id": img,
-            "category_id": c + 1,
-            "bbox": [float(x), float(y), 20.0, 20.0],
-            "area": 400.0,
-            "segmentation": [[x, y, x + 20, y, x + 20, y + 20, x, y + 20]],
-        }
-        for k, (img, c, x, y) in enumerate((i, *o) for i, objs in GT.items() for o in objs)
-    ]
-    cats = [
-        {"id": c + 1, "name": f"cat{c}", "frequency": str(TRAIN.frequency_labels[c])}
-        for c in range(3)
-    ]
+    anns = [(img, c + 1, x, y) for img, objs in GT.items() for c, x, y in objs]
+    cats = [{"name": f"cat{c}", "frequency": str(TRAIN.frequency_labels[c])} for c in range(3)]
     assert [c["frequency"] for c in cats] == ["f", "r", "c"]
-    with open(path, "w") as f:
-        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    write_lvis_json(
+        path,
+        cats,
+        anns,
+        num_images=len(GT),
+        image_size=100,
+        box_size=20,
+        url="http://x/val/{:012d}.jpg",
+    )
 
 
 def _results():
@@ -114,17 +95,7 @@ def test_fixed_ap_equals_hand_computation(json_path):
 
 
 def _run_evaluator(evaluator):
-    evaluator.reset()
-    for img in GT:
-        dets = [d for d in DETS if d[0] == img]
-        inst = Instances((100, 100))
-        inst.pred_boxes = Boxes(
-            torch.tensor([[x, y, x + 20.0, y + 20.0] for _, _, x, y, _ in dets])
-        )
-        inst.scores = torch.tensor([s for *_, s in dets])
-        inst.pred_classes = torch.tensor([c for _, c, *_ in dets])
-        evaluator.process([{"image_id": img}], [{"instances": inst}])
-    return evaluator.evaluate()["bbox"]
+    return evaluate_detections(evaluator, DETS, GT, image_size=100, box_size=20)["bbox"]
 
 
 def test_evaluator_reports_fixed_ap_beside_standard_ap(json_path, tmp_path):

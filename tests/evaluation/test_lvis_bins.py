@@ -4,16 +4,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.structures import Boxes, Instances
 from lvis import LVIS, LVISEval, LVISResults
 
 from lt_d2.compat import numpy_aliases_for_lvis
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation import LTLVISEvaluator, build_lvis_evaluator
+
+from helpers.lvis import evaluate_detections, write_lvis_json
 
 # Training statistics of 6 categories: bins [0,10) = {0, 1}, [10,100) = {2}, [100,1000) =
 # {3, 4}, [1000, inf) = {5}; rare = {0, 1}, common = {2}, frequent = {3, 4, 5}.
@@ -55,37 +55,20 @@ DETS = [
 
 
 def _lvis_json(path):
-    images = [
-        {
-            "id": i,
-            "width": 100,
-            "height": 100,
-            "coco_url": f"http://x/val/{i:012d}.jpg",
-            "neg_category_ids": [],
-            "not_exhaustive_category_ids": [],
-        }
-        for i in range(1, NUM_IMAGES + 1)
-    ]
-    anns = []
-    for img, objs in GT.items():
-        for c, x, y in objs:
-            x1, y1 = x + 20, y + 20
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": img,
-                    "category_id": c + 1,
-                    "bbox": _box(x, y),
-                    "area": 400.0,
-                    "segmentation": [[x, y, x1, y, x1, y1, x, y1]],
-                }
-            )
+    anns = [(img, c + 1, x, y) for img, objs in GT.items() for c, x, y in objs]
     cats = [
-        {"id": c + 1, "name": f"cat{c}", "frequency": str(TRAIN.frequency_labels[c])}
+        {"name": f"cat{c}", "frequency": str(TRAIN.frequency_labels[c])}
         for c in range(TRAIN.num_classes)
     ]
-    with open(path, "w") as f:
-        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    write_lvis_json(
+        path,
+        cats,
+        anns,
+        num_images=NUM_IMAGES,
+        image_size=100,
+        box_size=20,
+        url="http://x/val/{:012d}.jpg",
+    )
 
 
 @pytest.fixture
@@ -100,17 +83,8 @@ def dataset(tmp_path):
 
 
 def _run_evaluator(evaluator):
-    evaluator.reset()
-    for img in range(1, NUM_IMAGES + 1):
-        dets = [d for d in DETS if d[0] == img]
-        inst = Instances((100, 100))
-        inst.pred_boxes = Boxes(
-            torch.tensor([[x, y, x + 20.0, y + 20.0] for _, _, x, y, _ in dets])
-        )
-        inst.scores = torch.tensor([s for *_, s in dets])
-        inst.pred_classes = torch.tensor([c for _, c, *_ in dets])
-        evaluator.process([{"image_id": img}], [{"instances": inst}])
-    return evaluator.evaluate()
+    images = range(1, NUM_IMAGES + 1)
+    return evaluate_detections(evaluator, DETS, images, image_size=100, box_size=20)
 
 
 def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):
@@ -118,8 +92,8 @@ def test_bin_ap_equals_lvis_api_per_category_ap(dataset, tmp_path):
     cfg = get_cfg()
     add_lt_config(cfg)
     cfg.TEST.DETECTIONS_PER_IMAGE = 300
+    cfg.MODEL.MASK_ON = False  # boxes only: the detections carry no masks
     evaluator = build_lvis_evaluator(cfg, name, str(tmp_path / "out"), lambda: TRAIN)
-    evaluator._tasks = ("bbox",)  # boxes only: the detections carry no masks
     numpy_before = set(np.__dict__)
     res = _run_evaluator(evaluator)["bbox"]
     assert set(np.__dict__) == numpy_before  # lvis-api's numpy alias did not leak out

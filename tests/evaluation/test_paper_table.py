@@ -6,10 +6,12 @@ import math
 import os
 
 import pytest
-from conftest import DEMO_CONFIG, REPO, load_config
 
 from lt_d2.engine import LTTrainer
 from lt_d2.evaluation.paper_table import PAPER_RESULTS, load_paper_results, main
+
+from helpers.config import DEMO_CONFIG, REPO, load_config
+from helpers.training import evaluation_results
 
 EQLV2 = os.path.join(REPO, "configs", "eqlv2", "eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
 EFL = os.path.join(REPO, "configs", "efl", "efl_atss_improved_R_50_FPN_2x_lvis_v1.yaml")
@@ -137,6 +139,7 @@ def _fmt(v):
     return "-" if math.isnan(v) else f"{v:.1f}"
 
 
+@pytest.mark.integration
 def test_two_instant_demo_runs(instant_cfg, tmp_path):
     """Two real 20-iteration demo trainings (softmax and EQL v2), then the command."""
     runs, expected = [], {}
@@ -151,7 +154,7 @@ def test_two_instant_demo_runs(instant_cfg, tmp_path):
         trainer = LTTrainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()
-        results = trainer._last_eval_results
+        results = evaluation_results(trainer)
         runs.append(cfg.OUTPUT_DIR)
         expected[cfg.OUTPUT_DIR] = ["(no paper row)"] + [
             _fmt(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "APr", "APc", "APf")

@@ -6,7 +6,6 @@ import statistics
 
 import pytest
 import torch
-from _tiny_dense import NUM_CLASSES, STATS, tiny_batch, tiny_dense_cfg
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -17,6 +16,8 @@ from lt_d2.config import add_lt_config, merge_lt_config
 from lt_d2.data import CategoryStats
 from lt_d2.modeling.dense_heads.atss import ATSS
 from lt_d2.modeling.dense_heads.atss_matching import atss_match, centerness_targets
+
+from helpers.tiny_dense import NUM_CLASSES, STATS, tiny_batch, tiny_dense_cfg
 
 # A hand-made 2-level anchor set on a 16 x 8 image.
 # Level 0 (stride 4, 4 x 4 anchors), index = 4 * row + column, centres x in {2, 6, 10, 14},

@@ -6,12 +6,13 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, load_config
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import lt_d2.modeling.roi_heads.roi_heads as lt_roi_heads
 from lt_d2.modeling.roi_heads import LTCascadeROIHeads
+
+from helpers.config import REPO, load_config
 
 CASCADE_DEMO = os.path.join(REPO, "configs", "demo", "softmax_cascade_mask_rcnn_R_18_FPN_demo.yaml")
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from _tiny_dense import NUM_CLASSES, STATS, tiny_batch, tiny_dense_cfg
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from fvcore.nn import sigmoid_focal_loss
@@ -13,6 +12,8 @@ from fvcore.nn import sigmoid_focal_loss
 from lt_d2.classifiers import build_dense_classifier
 from lt_d2.data import CategoryStats
 from lt_d2.modeling.dense_heads.retinanet import LTRetinaNet
+
+from helpers.tiny_dense import NUM_CLASSES, STATS, tiny_batch, tiny_dense_cfg
 
 C = NUM_CLASSES
 ANCHORS = torch.tensor(
