@@ -10,7 +10,7 @@ import pytest
 from lt_d2.classifiers import DENSE_CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
 
-from helpers.config import REPO
+from helpers.config import REPO, SWEEP_OPTS
 from helpers.training import evaluation_results
 
 pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
@@ -36,10 +36,12 @@ def _train_and_evaluate(cfg):
 @pytest.mark.parametrize("arch", sorted(DENSE_CONFIGS))
 @pytest.mark.parametrize("name", sorted(name for name, _ in DENSE_CLASSIFIER_REGISTRY))
 def test_dense_classifier_trains_and_evaluates(instant_cfg, name, arch):
-    cfg = instant_cfg("MODEL.DENSE_CLASSIFIER.NAME", name, config_file=DENSE_CONFIGS[arch])
+    cfg = instant_cfg(
+        "MODEL.DENSE_CLASSIFIER.NAME", name, *SWEEP_OPTS, config_file=DENSE_CONFIGS[arch]
+    )
     _train_and_evaluate(cfg)
 
 
 @pytest.mark.parametrize("path", LIBRA_CONFIGS, ids=os.path.basename)
 def test_libra_component_trains_and_evaluates(instant_cfg, path):
-    _train_and_evaluate(instant_cfg(config_file=path))
+    _train_and_evaluate(instant_cfg(*SWEEP_OPTS, config_file=path))

@@ -9,7 +9,7 @@ import pytest
 from lt_d2.classifiers import CLASSIFIER_REGISTRY
 from lt_d2.engine import LTTrainer
 
-from helpers.config import REPO
+from helpers.config import REPO, SWEEP_OPTS
 from helpers.training import evaluation_results
 
 pytestmark = pytest.mark.integration  # trains and evaluates through LTTrainer
@@ -22,7 +22,7 @@ EXTRA_OPTS = {"BAGS": ["MODEL.CLASSIFIER.BAGS.GROUP_BOUNDS", "[0, 10, 100]"]}
 @pytest.mark.parametrize("heads", ["standard", "cascade"])
 @pytest.mark.parametrize("name", sorted(name for name, _ in CLASSIFIER_REGISTRY))
 def test_trains_and_evaluates(instant_cfg, name, heads):
-    opts = ["MODEL.CLASSIFIER.NAME", name, *EXTRA_OPTS.get(name, [])]
+    opts = ["MODEL.CLASSIFIER.NAME", name, *EXTRA_OPTS.get(name, []), *SWEEP_OPTS]
     if heads == "cascade":
         cfg = instant_cfg(*opts, config_file=CASCADE_DEMO)
     else:
