@@ -38,6 +38,34 @@ def _build(cfg: CfgNode, cls, num_classes: int, category_stats: Optional[Categor
     return cls(cfg, num_classes=num_classes, category_stats=category_stats)
 
 
+# Per config node: its registry, what its classifiers are called, the heads that use them.
+_KINDS = {
+    "CLASSIFIER": (CLASSIFIER_REGISTRY, "two-stage", "R-CNN ROI heads"),
+    "DENSE_CLASSIFIER": (DENSE_CLASSIFIER_REGISTRY, "dense (one-stage)", "RetinaNet/ATSS"),
+}
+
+
+def _registered_class(cfg: CfgNode, node: str):
+    """The class ``cfg.MODEL.<node>.NAME`` names in the node's registry; a name registered in
+    the other one is refused with the key to set instead."""
+    registry, kind, _ = _KINDS[node]
+    name = cfg.MODEL[node].NAME
+    if name in registry:
+        return registry.get(name)
+    other = "DENSE_CLASSIFIER" if node == "CLASSIFIER" else "CLASSIFIER"
+    other_registry, other_kind, other_heads = _KINDS[other]
+    hint = (
+        f" '{name}' is a {other_kind} classifier: set it in MODEL.{other}.NAME for "
+        f"{other_heads}."
+        if name in other_registry
+        else ""
+    )
+    raise KeyError(
+        f"MODEL.{node}.NAME = '{name}' is not a registered {kind} classifier; choose one of: "
+        f"{_registered(registry)}.{hint}"
+    )
+
+
 def build_classifier(
     cfg: CfgNode, num_classes: int, category_stats: Optional[CategoryStats] = None
 ) -> Classifier:
@@ -46,19 +74,7 @@ def build_classifier(
     ``category_stats``: the training set's statistics, for a classifier that uses them;
     None computes them from ``cfg.DATASETS.TRAIN``, only when the classifier uses them.
     """
-    name = cfg.MODEL.CLASSIFIER.NAME
-    if name not in CLASSIFIER_REGISTRY:
-        hint = (
-            f" '{name}' is a dense (one-stage) classifier: set it in "
-            f"MODEL.DENSE_CLASSIFIER.NAME for RetinaNet/ATSS."
-            if name in DENSE_CLASSIFIER_REGISTRY
-            else ""
-        )
-        raise KeyError(
-            f"MODEL.CLASSIFIER.NAME = '{name}' is not a registered two-stage classifier; "
-            f"choose one of: {_registered(CLASSIFIER_REGISTRY)}.{hint}"
-        )
-    return _build(cfg, CLASSIFIER_REGISTRY.get(name), num_classes, category_stats)
+    return _build(cfg, _registered_class(cfg, "CLASSIFIER"), num_classes, category_stats)
 
 
 def build_dense_classifier(
@@ -66,16 +82,4 @@ def build_dense_classifier(
 ) -> DenseClassifier:
     """The one-stage classifier named by ``cfg.MODEL.DENSE_CLASSIFIER.NAME`` (statistics as
     in :func:`build_classifier`)."""
-    name = cfg.MODEL.DENSE_CLASSIFIER.NAME
-    if name not in DENSE_CLASSIFIER_REGISTRY:
-        hint = (
-            f" '{name}' is a two-stage classifier: set it in MODEL.CLASSIFIER.NAME for "
-            f"R-CNN ROI heads."
-            if name in CLASSIFIER_REGISTRY
-            else ""
-        )
-        raise KeyError(
-            f"MODEL.DENSE_CLASSIFIER.NAME = '{name}' is not a registered dense classifier; "
-            f"choose one of: {_registered(DENSE_CLASSIFIER_REGISTRY)}.{hint}"
-        )
-    return _build(cfg, DENSE_CLASSIFIER_REGISTRY.get(name), num_classes, category_stats)
+    return _build(cfg, _registered_class(cfg, "DENSE_CLASSIFIER"), num_classes, category_stats)
