@@ -47,17 +47,8 @@ test: lint
 test-fast: lint
 	$(PYTEST) -m "not integration"
 
-# On detectron2 main the whole suite runs except the method sweeps (one short training per
-# registered classifier x head, per Libra demo config), of which a representative subset runs:
-# the softmax baseline, the stateful EQL v2 in both heads, BAGS, the federated loss, EFL in
-# ATSS, focal loss in RetinaNet and all Libra components together. The full sweeps run in
-# `make test` (detectron2 v0.6); this keeps CI's two legs under its time limit.
-SWEEPS := test_trains_and_evaluates or test_dense_classifier_trains_and_evaluates or test_libra_component_trains_and_evaluates
-MAIN_SWEEP_SUBSET := SoftmaxCE-standard or EQLv2-standard or EQLv2-cascade or BAGS-standard or FederatedSigmoidBCE-standard or EqualizedFocalLoss-atss or FocalLoss-retinanet or libra_mask_rcnn_R_18_FPN_demo
-
 test-main:
 	bash install/install_detectron2_main.sh $(D2_MAIN_ENV) $(D2_MAIN_ARCHIVE)
 	$(MAKE) venv VENV=.venv-main PYTHON=$(abspath $(D2_MAIN_ENV))/bin/python
 	LT_D2_EXPECT_DETECTRON2=$(abspath $(D2_MAIN_ENV))/src LT_D2_EXPECT_NUMPY_MAJOR=2 \
-		OMP_NUM_THREADS=1 .venv-main/bin/python -m pytest -q -n 2 \
-		-k "not ($(SWEEPS)) or $(MAIN_SWEEP_SUBSET)"
+		OMP_NUM_THREADS=1 .venv-main/bin/python -m pytest -q -n 2
