@@ -55,7 +55,8 @@ def test_loss_and_gradient_match_eq4():
 def test_background_weight_curve():
     # b = 4: a tail score p <= 1/4 drops the term, p = 1/2 halves it, frequent keeps 1
     z = torch.tensor([[math.log(0.2 / 0.8), 0.0, 3.0, -9.0, -9.0, -9.0]], dtype=torch.float64)
-    w = _clf().weights(z, torch.zeros(1, C, dtype=torch.float64))  # a background ROI
+    weights = _clf().weights(z, torch.zeros(1, C, dtype=torch.float64))  # a background ROI
+    w = weights(slice(0, 1), z, torch.sigmoid(z))  # evaluated per row chunk by the kernel
     expected = [0.0, 0.5, 1 - math.log(1 + math.exp(-3.0)) / math.log(4), 0.0, 1.0, 1.0]
     torch.testing.assert_close(w[0], torch.tensor(expected, dtype=torch.float64))
 

@@ -255,7 +255,7 @@ def test_softmax2_bce_function_matches_autograd_of_pairwise_softmax():
     -sum w log softmax(pair) / R written with F.softmax and differentiated by autograd."""
     from torch.nn import functional as F
 
-    from lt_d2.classifiers.functional import one_hot_weighted_softmax2_bce
+    from lt_d2.classifiers.kernels import one_hot_weighted_softmax2_bce
 
     torch.manual_seed(0)
     R, K = 5, 4

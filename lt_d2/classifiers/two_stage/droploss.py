@@ -15,8 +15,8 @@ import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..functional import positive_entries
-from .eql import EQL
+from ..kernels import positive_entries
+from .eql import EQL, ChunkWeights
 
 __all__ = ["DropLoss", "droploss_keep_probs", "droploss_background_weights"]
 
@@ -73,10 +73,10 @@ def droploss_background_weights(
         generator: random source (seedable); None uses torch's default generator.
 
     Returns:
-        (R, C) weights in {0, 1}, in the dtype of ``mu``.
+        (R, C) bool weights (True = 1, kept), a quarter of a float32 buffer.
     """
     u = torch.rand((num_rois, mu.shape[0]), generator=generator, dtype=mu.dtype, device=mu.device)
-    return u.lt_(mu)
+    return u < mu
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -112,8 +112,9 @@ class DropLoss(EQL):
         ret["frequent_bernoulli"] = cfg.MODEL.CLASSIFIER.DROP_LOSS.FREQUENT_BERNOULLI
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(R, C) Bernoulli draws of eq. 6 with this batch's mu (eq. 7)."""
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> ChunkWeights:
+        """Bernoulli draws of eq. 6 with this batch's mu (eq. 7), drawn for all (R, C) terms at
+        once (one generator stream) and read per row chunk."""
         mu = droploss_keep_probs(targets, self.tail, self.frequent_bernoulli)
         draws = droploss_background_weights(logits.shape[0], mu, self.generator)
-        return draws.to(logits.dtype)
+        return lambda rows, z, p: draws[rows]

@@ -14,16 +14,21 @@ Shape shorthand: R = ROIs, C = foreground classes.
 """
 
 import logging
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..functional import eql_weights
-from .sigmoid_bce import SigmoidBCE, require_category_stats
+from ..checks import require_category_stats
+from ..kernels import positive_entries
+from .sigmoid_bce import SigmoidBCE
 
-__all__ = ["EQL", "FREQUENCY_GROUPS", "eql_tail"]
+__all__ = ["EQL", "FREQUENCY_GROUPS", "eql_tail", "eql_weights"]
+
+#: Weights of a row chunk ``(rows, z, p) -> (n, C)`` (or broadcastable to it), see
+#: :data:`lt_d2.classifiers.kernels.NegativeWeights`.
+ChunkWeights = Callable[[slice, torch.Tensor, torch.Tensor], torch.Tensor]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +94,34 @@ def eql_tail(
     return tail
 
 
+def eql_weights(
+    is_foreground: torch.Tensor, tail: torch.Tensor, background: ChunkWeights
+) -> ChunkWeights:
+    """Weights of the negative terms (y_rj = 0) of the equalization loss, DropLoss eq. 2
+    (Tan et al. 2020, eq. 2): w_rj = 1 - E(r) T_lambda(f_j) (1 - y_rj), here with y_rj = 0.
+
+    E(r) = max_j y_rj is 1 for a foreground ROI: its negative terms of tail categories
+    (T_lambda(f_j) = 1) are dropped. The rows of background ROIs (E(r) = 0) keep
+    ``background``: all ones for EQL itself, eq. 4 or eq. 6 weights for BackgroundEQL and
+    DropLoss. The positive terms have weight 1 in eq. 2 and are not part of the result.
+
+    Args:
+        is_foreground: (R,) bool, E(r).
+        tail: (C,) bool, T_lambda(f_j).
+        background: weights of the background rows of a row chunk.
+
+    Returns:
+        the function ``(rows, z, p) -> (n, C)`` of a row chunk (``rows`` a slice of [0, R),
+        z and p its (n, C) logits and sigmoid probabilities) that the loss kernel evaluates.
+    """
+
+    def weights(rows: slice, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        foreground = 1.0 - tail.to(z.dtype)
+        return torch.where(is_foreground[rows, None], foreground, background(rows, z, p))
+
+    return weights
+
+
 @CLASSIFIER_REGISTRY.register()
 class EQL(SigmoidBCE):
     """DropLoss eq. 2: L = -sum_j w_j log(p_hat_j), w_j = 1 - E(r) T_lambda(f_j) (1 - y_j).
@@ -147,16 +180,19 @@ class EQL(SigmoidBCE):
         ret["tail_groups"] = tuple(cfg.MODEL.CLASSIFIER.EQL.TAIL_GROUPS)
         return ret
 
-    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(R, C) weights of the negative terms: DropLoss eq. 2 on foreground rows,
-        :meth:`background_weights` on background rows."""
-        return eql_weights(targets, self.tail, self.background_weights(logits, targets))
+    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> ChunkWeights:
+        """Weights of the negative terms, per row chunk: DropLoss eq. 2 on foreground rows,
+        :meth:`background_weights` on background rows (:func:`eql_weights`)."""
+        is_foreground = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        is_foreground[positive_entries(targets)[0]] = True
+        return eql_weights(is_foreground, self.tail, self.background_weights(logits, targets))
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(R, C) weights of the negative terms of background ROIs, computed for every row
-        (the foreground rows are then overwritten): 1 in eq. 2, where E(r) = 0.
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> ChunkWeights:
+        """Weights of the negative terms of background ROIs, as a function of a row chunk
+        ``(rows, z, p)`` evaluated for every row (the foreground rows are then overwritten):
+        1 in eq. 2, where E(r) = 0.
 
         Args:
             logits: (R, C) detached logits. targets: (R, C) binary targets, sparse or dense.
         """
-        return torch.ones_like(logits)
+        return lambda rows, z, p: z.new_ones(())

@@ -11,8 +11,8 @@ import torch
 from detectron2.config import configurable
 from torch.nn import functional as F
 
-from ..base import CLASSIFIER_REGISTRY, check_gt_classes
-from ..functional import check_logit_count
+from ..base import CLASSIFIER_REGISTRY
+from ..checks import check_gt_classes, check_logit_count
 from .softmax_ce import SoftmaxCE
 
 __all__ = ["LGRSoftmaxCE", "lgr_softmax_ce"]

@@ -10,8 +10,8 @@ import torch
 from detectron2.config import configurable
 from torch.nn import functional as F
 
-from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes
-from ..functional import check_logit_count
+from ..base import CLASSIFIER_REGISTRY, Classifier
+from ..checks import check_gt_classes, check_logit_count
 
 __all__ = ["SoftmaxCE"]
 
