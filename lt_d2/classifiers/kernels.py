@@ -150,9 +150,12 @@ class _OneHotWeightedBCE(torch.autograd.Function):
             z_pos = logits[pos_rows, pos_cols]
         per_term = callable(neg_weight) or neg_weight.dim() == 2
         r_pos = z_pos.new_zeros(z_pos.shape) if per_term else neg_weight[pos_cols]
+        p_pos = z_pos.new_zeros(z_pos.shape)
         dense = logits.new_zeros((), dtype=torch.float64)
         rows = _chunk_rows(num_rows, K)
-        workspace = logits.new_empty((2 if paired else 1, rows * K))
+        # softplus; and when paired, d and p (contiguous: strided outputs of sigmoid round
+        # differently from the vectorised path)
+        workspace = logits.new_empty((3 if paired else 1, rows * K))
         for start in range(0, num_rows, rows):
             stop = min(start + rows, num_rows)
             n = stop - start
@@ -161,7 +164,7 @@ class _OneHotWeightedBCE(torch.autograd.Function):
                 z = torch.sub(logits[start:stop, :K], logits[start:stop, K:], out=buffers[1])
             else:
                 z = logits[start:stop]
-            p = torch.sigmoid(z, out=grad[start:stop])
+            p = torch.sigmoid(z, out=buffers[2] if paired else grad[start:stop])
             if not per_term:
                 w = neg_weight
             elif callable(neg_weight):
@@ -171,12 +174,14 @@ class _OneHotWeightedBCE(torch.autograd.Function):
             # every entry as a negative: -r log(1 - p) = r softplus(z)
             softplus = torch.logaddexp(z, z.new_zeros(()), out=buffers[0]).mul_(w)
             dense += softplus.sum(dim=0).sum(dtype=torch.float64)
-            if per_term:  # r at the positive entries of this chunk
-                inside = (pos_rows >= start) & (pos_rows < stop)
-                local = (pos_rows - start).clamp_(0, n - 1)
-                r_pos += torch.where(inside, w[local, pos_cols], r_pos.new_zeros(()))
-            p.mul_(w)  # the gradient r p of every entry as a negative
-        p_pos = torch.sigmoid(z_pos)
+            # p and r at the positive entries of this chunk (O(P), no host sync)
+            inside = (pos_rows >= start) & (pos_rows < stop)
+            local = (pos_rows - start).clamp_(0, n - 1)
+            zero = p_pos.new_zeros(())
+            p_pos += torch.where(inside, p[local, pos_cols], zero)
+            if per_term:
+                r_pos += torch.where(inside, w[local, pos_cols], zero)
+            torch.mul(p, w, out=grad[start:stop])  # the gradient r p of every entry as a negative
         q_pos = pos_weight[pos_cols]
         # each positive's term swapped in: q softplus(-z) instead of r softplus(z)
         zero = z_pos.new_zeros(())
