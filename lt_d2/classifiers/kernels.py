@@ -34,6 +34,7 @@ import torch
 from .checks import check_paired_logits
 
 __all__ = [
+    "ChunkWeights",
     "GradientSink",
     "NegativeWeights",
     "focal_term",
@@ -45,25 +46,33 @@ __all__ = [
     "sigmoid_targets",
 ]
 
-# Logit elements processed per chunk (16 MiB of float32 for each workspace buffer). Small next
-# to LVIS-size logits (50k anchors x 1203 classes: 229 MiB), large enough that per-op overhead
-# (Python, thread-pool barriers on a busy CPU, kernel launches on a GPU) stays negligible:
-# measured on the CPU, single-threaded time is flat from 2^15 to 2^20 elements, and with two
-# threads on a loaded machine 2^22 was 2.8x faster than 2^17 (benchmarks/bench_dense_losses.py).
+# Logit elements processed per chunk of the focal kernel (16 MiB of float32 for each workspace
+# buffer). Small next to LVIS-size dense logits (50k anchors x 1203 classes: 229 MiB), large
+# enough that per-op overhead (Python, thread-pool barriers on a busy CPU, kernel launches on a
+# GPU) stays negligible: measured on the CPU, single-threaded time is flat from 2^15 to 2^20
+# elements, and with two threads on a loaded machine 2^22 was 2.8x faster than 2^17
+# (benchmarks/bench_dense_losses.py).
 _CHUNK_ELEMENTS = 1 << 22
+# The same for the BCE kernel, whose logits are smaller (8192 ROIs x 1203 classes: 38 MiB):
+# 4 MiB per workspace buffer keeps its temporaries a tenth of its gradient.
+_BCE_CHUNK_ELEMENTS = 1 << 20
 
 #: Receives, in backward, the (C,) positive and negative gradient magnitudes of one loss call.
 GradientSink = Callable[[torch.Tensor, torch.Tensor], None]
 
-#: Weights r of the negative terms of :func:`one_hot_weighted_sigmoid_bce`: a (K,) or (R, K)
-#: tensor, or a function ``(rows, z, p) -> (n, K)`` evaluated per row chunk, given the chunk's
-#: ``rows`` (a slice of [0, R)), its (n, K) logits z and sigmoid probabilities p (not to be
-#: modified), so that per-term weights need no (R, K) buffer of their own.
-NegativeWeights = Union[torch.Tensor, Callable[[slice, torch.Tensor, torch.Tensor], torch.Tensor]]
+#: Weights of a row chunk, ``(rows, z, p, out) -> (n, K)``: given the chunk's ``rows`` (a slice
+#: of [0, R)), its (n, K) logits z and sigmoid probabilities p (neither to be modified) and an
+#: (n, K) workspace ``out`` it may write the result into.
+ChunkWeights = Callable[[slice, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Weights r of the negative terms of :func:`one_hot_weighted_sigmoid_bce`: None (all ones), a
+#: (K,) or (R, K) tensor, or :data:`ChunkWeights` evaluated per row chunk, so that per-term
+#: weights need no (R, K) buffer of their own.
+NegativeWeights = Union[None, torch.Tensor, ChunkWeights]
 
 
-def _chunk_rows(num_rows: int, num_columns: int) -> int:
-    return max(1, min(_CHUNK_ELEMENTS // max(num_columns, 1), num_rows))
+def _chunk_rows(num_rows: int, num_columns: int, elements: int) -> int:
+    return max(1, min(elements // max(num_columns, 1), num_rows))
 
 
 def _hand_over(ctx) -> torch.Tensor:
@@ -148,31 +157,36 @@ class _OneHotWeightedBCE(torch.autograd.Function):
             z_pos = logits[pos_rows, pos_cols] - logits[pos_rows, pos_cols + K]
         else:
             z_pos = logits[pos_rows, pos_cols]
-        per_term = callable(neg_weight) or neg_weight.dim() == 2
-        r_pos = z_pos.new_zeros(z_pos.shape) if per_term else neg_weight[pos_cols]
+        computed = callable(neg_weight)
+        per_term = computed or (neg_weight is not None and neg_weight.dim() == 2)
+        if neg_weight is None:
+            r_pos = z_pos.new_ones(z_pos.shape)
+        else:
+            r_pos = z_pos.new_zeros(z_pos.shape) if per_term else neg_weight[pos_cols]
         p_pos = z_pos.new_zeros(z_pos.shape)
         dense = logits.new_zeros((), dtype=torch.float64)
-        rows = _chunk_rows(num_rows, K)
-        # softplus; and when paired, d and p (contiguous: strided outputs of sigmoid round
-        # differently from the vectorised path)
-        workspace = logits.new_empty((3 if paired else 1, rows * K))
+        rows = _chunk_rows(num_rows, K, _BCE_CHUNK_ELEMENTS)
+        # softplus, the computed weights, and when paired d and p (contiguous: sigmoid into a
+        # strided output rounds differently from the vectorised path); allocated once
+        names = ["softplus"] + ["weights"] * computed + ["d", "p"] * paired
+        workspace = dict(zip(names, logits.new_empty((len(names), rows * K))))
         for start in range(0, num_rows, rows):
             stop = min(start + rows, num_rows)
             n = stop - start
-            buffers = [b[: n * K].view(n, K) for b in workspace]
+            buffers = {name: b[: n * K].view(n, K) for name, b in workspace.items()}
             if paired:
-                z = torch.sub(logits[start:stop, :K], logits[start:stop, K:], out=buffers[1])
+                z = torch.sub(logits[start:stop, :K], logits[start:stop, K:], out=buffers["d"])
             else:
                 z = logits[start:stop]
-            p = torch.sigmoid(z, out=buffers[2] if paired else grad[start:stop])
-            if not per_term:
-                w = neg_weight
-            elif callable(neg_weight):
-                w = neg_weight(slice(start, stop), z, p)
+            p = torch.sigmoid(z, out=buffers["p"] if paired else grad[start:stop])
+            if computed:
+                w = neg_weight(slice(start, stop), z, p, buffers["weights"])
             else:
-                w = neg_weight[start:stop]
+                w = neg_weight[start:stop] if per_term else neg_weight
             # every entry as a negative: -r log(1 - p) = r softplus(z)
-            softplus = torch.logaddexp(z, z.new_zeros(()), out=buffers[0]).mul_(w)
+            softplus = torch.logaddexp(z, z.new_zeros(()), out=buffers["softplus"])
+            if w is not None:
+                softplus.mul_(w)
             dense += softplus.sum(dim=0).sum(dtype=torch.float64)
             # p and r at the positive entries of this chunk (O(P), no host sync)
             inside = (pos_rows >= start) & (pos_rows < stop)
@@ -181,7 +195,10 @@ class _OneHotWeightedBCE(torch.autograd.Function):
             p_pos += torch.where(inside, p[local, pos_cols], zero)
             if per_term:
                 r_pos += torch.where(inside, w[local, pos_cols], zero)
-            torch.mul(p, w, out=grad[start:stop])  # the gradient r p of every entry as a negative
+            if w is not None:  # the gradient r p of every entry as a negative
+                torch.mul(p, w, out=grad[start:stop])
+            elif paired:
+                grad[start:stop].copy_(p)
         q_pos = pos_weight[pos_cols]
         # each positive's term swapped in: q softplus(-z) instead of r softplus(z)
         zero = z_pos.new_zeros(())
@@ -228,9 +245,9 @@ def one_hot_weighted_sigmoid_bce(
         logits: (R, K) float logits z.
         pos_rows, pos_cols: (P,) int64 coordinates of the entries with y = 1 (each once).
         pos_weight: (K,) q_j (eq. 7), detached, in the dtype of ``logits``.
-        neg_weight: r (eq. 8): (K,) r_j or (R, K) r_ij, detached (any real dtype), or a
-            function giving them per row chunk (:data:`NegativeWeights`). Its entries at
-            positive terms are not used.
+        neg_weight: r (eq. 8): None for all ones, (K,) r_j or (R, K) r_ij, detached (any
+            real dtype), or a function giving them per row chunk (:data:`NegativeWeights`).
+            Its entries at positive terms are not used.
 
     Returns:
         loss (scalar; 0 when R = 0), and (K,) float64 sums over ROIs of the reweighted
@@ -349,7 +366,7 @@ class _FusedSigmoidFocalLoss(torch.autograd.Function):
         loss = logits.new_zeros((), dtype=dtype)
         pos_grad = logits.new_zeros(num_classes, dtype=dtype)
         neg_grad = logits.new_zeros(num_classes, dtype=dtype)
-        rows = _chunk_rows(num_anchors, num_classes)
+        rows = _chunk_rows(num_anchors, num_classes, _CHUNK_ELEMENTS)
         # four temporaries of focal_term, and the gradient when it is not written in place
         workspace = logits.new_empty((4 if write_direct else 5, rows * num_classes), dtype=dtype)
         for start in range(0, num_anchors, rows):

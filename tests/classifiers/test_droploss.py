@@ -52,7 +52,7 @@ def test_keep_probability_eq7():
 @pytest.mark.parametrize("chunk_elements", [None, 2 * C])  # one chunk, or 2 rows each
 def test_deterministic_cases_exact_loss_and_gradient(chunk_elements, monkeypatch):
     if chunk_elements is not None:
-        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
     logits = torch.randn(5, C, dtype=torch.float64, requires_grad=True)
     # only frequent foreground -> mu_tail = 0: background ROIs drop every tail term
@@ -76,7 +76,7 @@ def test_deterministic_cases_exact_loss_and_gradient(chunk_elements, monkeypatch
 @pytest.mark.parametrize("chunk_elements", [None, 2 * C])
 def test_seeded_generator_exact_values(chunk_elements, monkeypatch):
     if chunk_elements is not None:  # the draws are made at once, read per chunk
-        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
     logits = torch.randn(6, C, dtype=torch.float64)
     gt = torch.tensor([2, 4, 5, 5, BG, BG])  # mu_tail = 1/4

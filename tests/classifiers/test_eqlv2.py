@@ -260,7 +260,7 @@ def test_softmax2_bce_function_matches_autograd_of_pairwise_softmax(chunk_elemen
     from lt_d2.classifiers.kernels import one_hot_weighted_softmax2_bce
 
     if chunk_elements is not None:
-        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
 
     torch.manual_seed(0)
     R, K = 5, 4

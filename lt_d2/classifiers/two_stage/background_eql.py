@@ -8,21 +8,25 @@ Shape shorthand: R = ROIs, C = foreground classes.
 
 import logging
 import math
+from typing import Optional
 
 import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from .eql import EQL, ChunkWeights
+from .eql import EQL, BackgroundWeights
 
 __all__ = ["BackgroundEQL", "background_eql_weights"]
 
 logger = logging.getLogger(__name__)
 
 
-def background_eql_weights(probs: torch.Tensor, tail: torch.Tensor, base: float) -> torch.Tensor:
+def background_eql_weights(
+    probs: torch.Tensor, tail: torch.Tensor, base: float, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """DropLoss eq. 4, the background rows: w_j = 1 - T_lambda(f_j) min{-log_b(p_j), 1},
-    computed as 1 + T_lambda(f_j) max{log_b(p_j), -1} in one new (R, C) buffer.
+    computed as 1 + T_lambda(f_j) max{log_b(p_j), -1} in one (R, C) buffer (``out`` if
+    given).
 
     log_b(p_j) = ln(p_j) / ln(b), with p_j first clamped to the smallest normal number of its
     dtype (no -inf where sigmoid(z_j) underflows); that leaves min{-log_b(p_j), 1} = 1
@@ -40,7 +44,7 @@ def background_eql_weights(probs: torch.Tensor, tail: torch.Tensor, base: float)
         to the foreground rows).
     """
     tiny = torch.finfo(probs.dtype).tiny
-    log_b_p = probs.clamp(min=tiny).log_().div_(math.log(base))
+    log_b_p = torch.clamp(probs, min=tiny, out=out).log_().div_(math.log(base))
     return log_b_p.clamp_(min=-1.0).mul_(tail.to(probs.dtype)).add_(1.0)
 
 
@@ -66,7 +70,7 @@ class BackgroundEQL(EQL):
         ret["b"] = cfg.MODEL.CLASSIFIER.BACKGROUND_EQL.B
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> ChunkWeights:
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
         """Eq. 4 weights of a row chunk from the loss kernel's own sigmoid scores
         (:func:`background_eql_weights`), so that sigmoid(z) is evaluated once."""
-        return lambda rows, z, p: background_eql_weights(p, self.tail, self.b)
+        return lambda rows, z, p, out: background_eql_weights(p, self.tail, self.b, out)

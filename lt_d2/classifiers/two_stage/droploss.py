@@ -16,7 +16,7 @@ from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
 from ..kernels import positive_entries
-from .eql import EQL, ChunkWeights
+from .eql import EQL, BackgroundWeights
 
 __all__ = ["DropLoss", "droploss_keep_probs", "droploss_background_weights"]
 
@@ -112,9 +112,9 @@ class DropLoss(EQL):
         ret["frequent_bernoulli"] = cfg.MODEL.CLASSIFIER.DROP_LOSS.FREQUENT_BERNOULLI
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> ChunkWeights:
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
         """Bernoulli draws of eq. 6 with this batch's mu (eq. 7), drawn for all (R, C) terms at
         once (one generator stream) and read per row chunk."""
         mu = droploss_keep_probs(targets, self.tail, self.frequent_bernoulli)
         draws = droploss_background_weights(logits.shape[0], mu, self.generator)
-        return lambda rows, z, p: draws[rows]
+        return lambda rows, z, p, out: draws[rows]

@@ -14,21 +14,22 @@ Shape shorthand: R = ROIs, C = foreground classes.
 """
 
 import logging
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
 from ..checks import require_category_stats
-from ..kernels import positive_entries
+from ..kernels import ChunkWeights, positive_entries
 from .sigmoid_bce import SigmoidBCE
 
-__all__ = ["EQL", "FREQUENCY_GROUPS", "eql_tail", "eql_weights"]
+__all__ = ["EQL", "BackgroundWeights", "FREQUENCY_GROUPS", "eql_tail", "eql_weights"]
 
-#: Weights of a row chunk ``(rows, z, p) -> (n, C)`` (or broadcastable to it), see
-#: :data:`lt_d2.classifiers.kernels.NegativeWeights`.
-ChunkWeights = Callable[[slice, torch.Tensor, torch.Tensor], torch.Tensor]
+#: The weights of a row chunk's background rows, ``(rows, z, p, out) -> (n, C)`` or a tensor
+#: broadcastable to it, like :data:`~lt_d2.classifiers.kernels.ChunkWeights` (it may use the
+#: workspace ``out``).
+BackgroundWeights = ChunkWeights
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def eql_tail(
 
 
 def eql_weights(
-    is_foreground: torch.Tensor, tail: torch.Tensor, background: ChunkWeights
+    is_foreground: torch.Tensor, tail: torch.Tensor, background: BackgroundWeights
 ) -> ChunkWeights:
     """Weights of the negative terms (y_rj = 0) of the equalization loss, DropLoss eq. 2
     (Tan et al. 2020, eq. 2): w_rj = 1 - E(r) T_lambda(f_j) (1 - y_rj), here with y_rj = 0.
@@ -108,16 +109,17 @@ def eql_weights(
     Args:
         is_foreground: (R,) bool, E(r).
         tail: (C,) bool, T_lambda(f_j).
-        background: weights of the background rows of a row chunk.
+        background: the weights of a row chunk's background rows (:data:`BackgroundWeights`).
 
     Returns:
-        the function ``(rows, z, p) -> (n, C)`` of a row chunk (``rows`` a slice of [0, R),
-        z and p its (n, C) logits and sigmoid probabilities) that the loss kernel evaluates.
+        the weights of a row chunk, written into its workspace
+        (:data:`~lt_d2.classifiers.kernels.ChunkWeights`), that the loss kernel evaluates.
     """
 
-    def weights(rows: slice, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def weights(rows: slice, z: torch.Tensor, p: torch.Tensor, out: torch.Tensor):
         foreground = 1.0 - tail.to(z.dtype)
-        return torch.where(is_foreground[rows, None], foreground, background(rows, z, p))
+        other = background(rows, z, p, out)
+        return torch.where(is_foreground[rows, None], foreground, other, out=out)
 
     return weights
 
@@ -187,12 +189,12 @@ class EQL(SigmoidBCE):
         is_foreground[positive_entries(targets)[0]] = True
         return eql_weights(is_foreground, self.tail, self.background_weights(logits, targets))
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> ChunkWeights:
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
         """Weights of the negative terms of background ROIs, as a function of a row chunk
-        ``(rows, z, p)`` evaluated for every row (the foreground rows are then overwritten):
-        1 in eq. 2, where E(r) = 0.
+        (:data:`BackgroundWeights`) evaluated for every row (the foreground rows are then
+        overwritten): 1 in eq. 2, where E(r) = 0.
 
         Args:
             logits: (R, C) detached logits. targets: (R, C) binary targets, sparse or dense.
         """
-        return lambda rows, z, p: z.new_ones(())
+        return lambda rows, z, p, out: z.new_ones(())

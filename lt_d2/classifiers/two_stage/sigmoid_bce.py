@@ -77,7 +77,7 @@ class SigmoidBCE(Classifier):
 
     def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> Optional[NegativeWeights]:
         """Weights w_rj of the negative terms (y_rj = 0): None for all ones (this class), a
-        (C,) or (R, C) tensor, or a function of a row chunk ``(rows, z, p) -> (n, C)``
+        (C,) or (R, C) tensor, or a function of a row chunk ``(rows, z, p, out) -> (n, C)``
         (:data:`~lt_d2.classifiers.kernels.NegativeWeights`), which the loss kernel evaluates
         chunk by chunk so that per-term weights need no (R, C) buffer.
 
@@ -100,12 +100,8 @@ class SigmoidBCE(Classifier):
         z = logits.to(torch.promote_types(logits.dtype, torch.float32))
         targets = sigmoid_targets(gt_classes, self.num_classes)
         neg_weights = self.weights(z.detach(), targets)
-        ones = z.new_ones(self.num_classes)
         loss, _, _ = one_hot_weighted_sigmoid_bce(
-            z,
-            *positive_entries(targets),
-            ones,
-            ones if neg_weights is None else neg_weights,
+            z, *positive_entries(targets), z.new_ones(self.num_classes), neg_weights
         )
         return {"loss_cls": loss}
 
