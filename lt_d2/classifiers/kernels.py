@@ -62,7 +62,8 @@ GradientSink = Callable[[torch.Tensor, torch.Tensor], None]
 
 #: Weights of a row chunk, ``(rows, z, p, out) -> (n, K)``: given the chunk's ``rows`` (a slice
 #: of [0, R)), its (n, K) logits z and sigmoid probabilities p (neither to be modified) and an
-#: (n, K) workspace ``out`` it may write the result into.
+#: (n, K) workspace ``out`` it may write the result into. The kernel calls it once per chunk,
+#: in row order.
 ChunkWeights = Callable[[slice, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Weights r of the negative terms of :func:`one_hot_weighted_sigmoid_bce`: None (all ones), a
@@ -199,6 +200,8 @@ class _OneHotWeightedBCE(torch.autograd.Function):
                 torch.mul(p, w, out=grad[start:stop])
             elif paired:
                 grad[start:stop].copy_(p)
+            if paired:  # dL/d"others" = -dL/dd, written while the chunk is in cache
+                torch.neg(grad[start:stop], out=grad_all[start:stop, K:])
         q_pos = pos_weight[pos_cols]
         # each positive's term swapped in: q softplus(-z) instead of r softplus(z)
         zero = z_pos.new_zeros(())
@@ -210,9 +213,10 @@ class _OneHotWeightedBCE(torch.autograd.Function):
         grad.index_put_((pos_rows, pos_cols), zero)
         neg_sum = grad.sum(dim=0).double()
         # R dL/dz = w (p - y): r p at the negatives, q (p - 1) at the positives
-        grad.index_put_((pos_rows, pos_cols), q_pos * (p_pos - 1.0), True)
-        if paired:  # dL/d"others" = -dL/dd
-            torch.neg(grad, out=grad_all[:, K:])
+        grad_pos = q_pos * (p_pos - 1.0)
+        grad.index_put_((pos_rows, pos_cols), grad_pos, True)
+        if paired:
+            grad_all.index_put_((pos_rows, pos_cols + K), -grad_pos)
         ctx.num_rows = max(num_rows, 1)
         ctx.grad = grad_all
         ctx.mark_non_differentiable(pos_sum, neg_sum)

@@ -73,7 +73,7 @@ def droploss_background_weights(
         generator: random source (seedable); None uses torch's default generator.
 
     Returns:
-        (R, C) bool weights (True = 1, kept), a quarter of a float32 buffer.
+        (R, C) bool weights (True = 1, kept).
     """
     u = torch.rand((num_rois, mu.shape[0]), generator=generator, dtype=mu.dtype, device=mu.device)
     return u < mu
@@ -113,8 +113,18 @@ class DropLoss(EQL):
         return ret
 
     def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
-        """Bernoulli draws of eq. 6 with this batch's mu (eq. 7), drawn for all (R, C) terms at
-        once (one generator stream) and read per row chunk."""
+        """Bernoulli draws of eq. 6 with this batch's mu (eq. 7), row-major over all (R, C)
+        terms.
+
+        The CPU generator's stream is sequential, so drawing each row chunk when the kernel
+        asks for it (once per chunk, in row order) gives exactly the draws of one (R, C) call,
+        without an (R, C) buffer. Other devices' generators (CUDA's Philox) give other numbers
+        for split calls: there the (R, C) draws are made at once.
+        """
         mu = droploss_keep_probs(targets, self.tail, self.frequent_bernoulli)
+        if logits.device.type == "cpu":
+            return lambda rows, z, p, out: droploss_background_weights(
+                rows.stop - rows.start, mu, self.generator
+            )
         draws = droploss_background_weights(logits.shape[0], mu, self.generator)
         return lambda rows, z, p, out: draws[rows]
