@@ -13,7 +13,9 @@ the ClassifierHead contract, as a dense head runs it) at most 1.1x FocalLoss alo
 ``--anchors`` 50,000 x 1203 (``--dense``).
 
 Time: ``--warmup`` untimed rounds, then ``--rounds`` timed rounds; a round runs one step of
-every case in turn (interleaved, so a shared machine's load hits all cases alike). Printed:
+every case in turn (interleaved, so a shared machine's load hits all cases alike), in a
+shuffled order, each CPU step from a trimmed heap (a step's time depends on the step before
+it). Printed:
 each case's median step time and the median over rounds of its time divided by the
 baseline's time in the same round (``torch.cuda.synchronize`` around each step on CUDA).
 
@@ -29,7 +31,10 @@ live-byte curve and its maximum the peak. (tracemalloc does not see torch's allo
 """
 
 import argparse
+import ctypes
+import random
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
@@ -145,11 +150,23 @@ def _dense_step(gradient_stats: bool, num_anchors: int, num_classes: int, device
 def run_interleaved(
     steps: Dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device
 ) -> Dict[str, List[float]]:
-    """Seconds per step of every case, ``rounds`` rounds of one step per case in turn."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    """Seconds per step of every case, ``rounds`` rounds of one step per case in turn, in an
+    order shuffled every round (seeded). A CPU step's time depends on what ran just before it
+    (whether glibc's allocator still holds pages the previous step freed, or must fault in new
+    ones): on Linux every step starts from a trimmed heap (``malloc_trim``)."""
+    if device.type == "cuda":
+        sync = torch.cuda.synchronize
+    elif sys.platform.startswith("linux"):
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+        sync = lambda *a: trim(0)  # noqa: E731
+    else:
+        sync = lambda *a: None  # noqa: E731
     times: Dict[str, List[float]] = {name: [] for name in steps}
+    order = list(steps)
     for r in range(warmup + rounds):
-        for name, step in steps.items():
+        random.Random(r).shuffle(order)
+        for name in order:
+            step = steps[name]
             sync(device)
             t0 = time.perf_counter()
             step()
