@@ -1,15 +1,17 @@
 """Fused loss kernels shared by the classifiers: loss and closed-form logit gradient in one pass.
 
-Two kernels, for the two families of binary-task losses:
+Three kernels:
 
 - :func:`one_hot_weighted_sigmoid_bce` (and its paired form
   :func:`one_hot_weighted_softmax2_bce`): reweighted sigmoid cross entropy of K tasks over R
   ROIs whose targets are given by their few positive entries (SigmoidBCE, EQL, BackgroundEQL,
   DropLoss, BucketedSigmoidBCE, FederatedSigmoidBCE, EQLv2, EQLv2Softmax2C);
+- :func:`softmax_cross_entropy`: weighted softmax cross entropy with optional logit offsets
+  (SoftmaxCE, LGRSoftmaxCE, Seesaw);
 - :func:`fused_sigmoid_focal_loss`: weighted sigmoid focal loss of C tasks over N anchors
   with per-category focusing factors (FocalLoss, EqualizedFocalLoss, EQLv2Focal).
 
-One autograd convention for both (the cheapest in memory and time): the forward pass computes
+One autograd convention for all (the cheapest in memory and time): the forward pass computes
 the loss and its gradient with respect to the logits together, in closed form and chunk by
 chunk over rows (a small workspace reused by every chunk), and keeps that gradient, one tensor
 of the logits' shape, as the only thing saved for backward (on ``ctx``, not through
@@ -18,7 +20,8 @@ hands it over: no second (rows, columns) buffer is allocated, and a second backw
 the same graph is refused with an error rather than silently wrong. Neither kernel is twice
 differentiable.
 
-Both also return, without another pass over the gradient, its per-column magnitudes summed
+The binary-task kernels also return, without another pass over the gradient, its per-column
+magnitudes summed
 over the positive and over the negative entries (EQL v2 eqs. 3-4 / 7-8, weights included),
 which EQL v2, EFL and EQLv2Focal accumulate as their state. The focal kernel can hand those
 sums, scaled by the incoming gradient, to a ``sink`` in its backward pass (GradientStats of a
@@ -37,6 +40,7 @@ __all__ = [
     "ChunkWeights",
     "GradientSink",
     "NegativeWeights",
+    "RowWeights",
     "focal_term",
     "fused_sigmoid_focal_loss",
     "one_hot_weighted_sigmoid_bce",
@@ -44,6 +48,7 @@ __all__ = [
     "pair_differences",
     "positive_entries",
     "sigmoid_targets",
+    "softmax_cross_entropy",
 ]
 
 # Logit elements processed per chunk of the focal kernel (16 MiB of float32 for each workspace
@@ -289,6 +294,78 @@ def one_hot_weighted_softmax2_bce(
     """
     check_paired_logits(logits)
     return _OneHotWeightedBCE.apply(logits, pos_rows, pos_cols, pos_weight, neg_weight, True)
+
+
+# ------------------------------------------------------------------ softmax cross entropy
+
+#: Per-row weights of :func:`softmax_cross_entropy`: an (R,) tensor, or a function of a row
+#: chunk's (n,) log-probabilities of the targets (detached) returning the (n,) weights.
+RowWeights = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Forward and closed-form backward of :func:`softmax_cross_entropy`, chunked over rows."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, divisor, row_weight, offsets):
+        num_rows, L = logits.shape
+        grad = torch.empty_like(logits)
+        loss = logits.new_zeros((), dtype=torch.float64)
+        rows = _chunk_rows(num_rows, L, _BCE_CHUNK_ELEMENTS)
+        for start in range(0, num_rows, rows):
+            stop = min(start + rows, num_rows)
+            x = logits[start:stop]
+            if offsets is not None:
+                x = torch.add(x, offsets[start:stop], out=grad[start:stop])
+            target = targets[start:stop, None]
+            log_p = torch.log_softmax(x, dim=1)  # bitwise autograd's cross entropy's
+            log_p_t = log_p.gather(1, target)[:, 0]
+            if callable(row_weight):
+                w = row_weight(log_p_t)
+            else:
+                w = None if row_weight is None else row_weight[start:stop]
+            loss -= (log_p_t if w is None else w * log_p_t).sum(dtype=torch.float64)
+            # dL/dx = w (softmax(x) - onehot) / divisor
+            p = log_p.exp_()
+            p.scatter_add_(1, target, p.new_full(target.shape, -1.0))
+            scale = 1.0 / divisor if w is None else (w / divisor)[:, None]
+            torch.mul(p, scale, out=grad[start:stop])
+        ctx.grad = grad
+        return (loss / divisor).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        return _hand_over(ctx).mul_(grad_loss), None, None, None, None
+
+
+def softmax_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    divisor: float,
+    row_weight: RowWeights = None,
+    offsets: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Weighted softmax cross entropy, L = -1/divisor sum_i w_i log softmax(z_i + o_i)[t_i].
+
+    The softmax classifiers' loss: plain (detectron2's, w = 1, divisor R), Libra eq. 19
+    (w_i = rho_i of the target's probability, :data:`RowWeights`), Seesaw (o_i = log S_i,
+    detached). The gradient dL/dz_i = w_i (softmax(z_i + o_i) - onehot(t_i)) / divisor, with
+    w and o constants, is computed in the forward pass (module docstring): one (R, L)
+    tensor, where autograd's cross entropy keeps the log-probabilities and allocates two more
+    for backward.
+
+    Args:
+        logits: (R, L) float logits z.
+        targets: (R,) int64 in [0, L).
+        divisor: the loss's denominator (> 0).
+        row_weight: None (all ones), (R,) w_i, or a function of the (n,) log p_t of a row
+            chunk (detached) returning its (n,) weights.
+        offsets: None or (R, L) detached additive offsets o.
+
+    Returns:
+        the loss, a scalar in the logits' dtype (0 when R = 0).
+    """
+    return _SoftmaxCrossEntropy.apply(logits, targets, float(divisor), row_weight, offsets)
 
 
 # ------------------------------------------------------------------ sigmoid focal loss

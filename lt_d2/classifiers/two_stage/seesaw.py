@@ -32,11 +32,11 @@ import math
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..checks import check_gt_classes, check_logit_count
+from ..kernels import softmax_cross_entropy
 from ..state import all_reduce_sum
 
 __all__ = ["Seesaw", "seesaw_log_factors"]
@@ -126,8 +126,8 @@ class Seesaw(Classifier):
         labels = gt_classes[fg]
         z = logits[fg][:, :C].float()
         log_s = seesaw_log_factors(z, labels, self.cum_samples, self.p, self.q, self.eps)
-        loss_cls = F.cross_entropy(z + log_s, labels, reduction="sum") / num_rois
-        loss_obj = F.cross_entropy(logits[:, C:].float(), fg.long(), reduction="sum") / num_rois
+        loss_cls = softmax_cross_entropy(z, labels, num_rois, offsets=log_s)
+        loss_obj = softmax_cross_entropy(logits[:, C:].float(), fg.long(), num_rois)
         return {"loss_cls": loss_cls, "loss_cls_objectness": loss_obj}
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
