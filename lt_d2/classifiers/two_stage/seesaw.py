@@ -68,12 +68,11 @@ def seesaw_log_factors(
         (F, C) log S, zero in each row's label column.
     """
     log_n = counts.clamp(min=1).log().to(logits.dtype)
-    log_m = (log_n[None, :] - log_n[labels][:, None]).clamp(max=0) * p
+    log_m = (log_n[None, :] - log_n[labels][:, None]).clamp_(max=0).mul_(p)
     log_sigma = torch.log_softmax(logits.detach(), dim=1)
     log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
-    log_c = (log_sigma - log_sigma_i).clamp(min=0) * q
-    log_s = log_m + log_c
-    return log_s.scatter(1, labels[:, None], 0.0)
+    log_c = log_sigma.sub_(log_sigma_i).clamp_(min=0).mul_(q)  # two (F, C) buffers in all
+    return log_m.add_(log_c).scatter_(1, labels[:, None], 0.0)
 
 
 @CLASSIFIER_REGISTRY.register()
