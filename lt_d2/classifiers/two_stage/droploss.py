@@ -73,10 +73,10 @@ def droploss_background_weights(
         generator: random source (seedable); None uses torch's default generator.
 
     Returns:
-        (R, C) bool weights (True = 1, kept).
+        (R, C) weights in {0, 1}, in the dtype of ``mu``.
     """
     u = torch.rand((num_rois, mu.shape[0]), generator=generator, dtype=mu.dtype, device=mu.device)
-    return u < mu
+    return u.lt_(mu)
 
 
 @CLASSIFIER_REGISTRY.register()
