@@ -9,10 +9,10 @@ from .base import (
     DENSE_CLASSIFIER_REGISTRY,
     Classifier,
     DenseClassifier,
-    check_gt_classes,
     prior_bias,
 )
 from .build import build_classifier, build_dense_classifier
+from .checks import check_gt_classes
 
 __all__ = [
     "CLASSIFIER_REGISTRY",

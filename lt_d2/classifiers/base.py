@@ -23,7 +23,6 @@ __all__ = [
     "Classifier",
     "DenseClassifier",
     "prior_bias",
-    "check_gt_classes",
 ]
 
 CLASSIFIER_REGISTRY = Registry("CLASSIFIER")
@@ -47,33 +46,6 @@ def prior_bias(prior: float) -> float:
     return -math.log((1.0 - prior) / prior)
 
 
-def check_gt_classes(
-    logits: torch.Tensor, gt_classes: torch.Tensor, num_classes: int, allow_ignore: bool = False
-) -> None:
-    """Fail early, with the fix, on logits/labels that do not match.
-
-    Args:
-        logits: (R, L).
-        gt_classes: (R,) int64 in [0, C] (C = background), or [-1, C] with ``allow_ignore``.
-    """
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D (R, L), got shape {tuple(logits.shape)}")
-    if gt_classes.dim() != 1 or gt_classes.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"gt_classes must have shape ({logits.shape[0]},) to match logits "
-            f"{tuple(logits.shape)}, got {tuple(gt_classes.shape)}"
-        )
-    if gt_classes.numel() == 0:
-        return
-    low = -1 if allow_ignore else 0
-    lo, hi = int(gt_classes.min()), int(gt_classes.max())
-    if lo < low or hi > num_classes:
-        raise ValueError(
-            f"gt_classes must lie in [{low}, {num_classes}] ({num_classes} = background), got "
-            f"values in [{lo}, {hi}]: check MODEL.*.NUM_CLASSES against the dataset's categories"
-        )
-
-
 class Classifier(nn.Module):
     """Base class of two-stage classifiers.
 
@@ -88,6 +60,12 @@ class Classifier(nn.Module):
 
     #: Whether ``from_config`` takes the training set's CategoryStats (``category_stats``).
     uses_category_stats: bool = False
+
+    #: Whether ``losses`` takes a keyword ``gradient_sink`` (a callable) and calls it in
+    #: backward with the (C,) positive and negative magnitudes of the gradient reaching the
+    #: categories' logit columns, summed over rows, as its fused kernel computes them anyway;
+    #: GradientStats then needs no hook re-reading the logit gradient (FocalLoss).
+    computes_gradient_sums: bool = False
 
     def __init__(self, *, num_classes: int):
         super().__init__()

@@ -8,7 +8,10 @@ over iterations (eq. 9's numerator and denominator); their ratio tells whether c
 trained in balance.
 
 :class:`GradientStats` measures exactly the gradient that reaches the logits in backward,
-whatever the classifier, with a tensor hook (no second backward, no host sync), accumulates
+whatever the classifier, with a tensor hook (no second backward, no host sync), or, for a
+classifier whose fused kernel computes these sums anyway (``computes_gradient_sums``:
+FocalLoss), through a sink the classifier calls in its backward pass (no second pass over the
+logit gradient; :meth:`GradientStats.gradient_sink`). It accumulates
 it on the device in registered buffers (checkpointed with the model) and all-reduces across
 workers only when asked (:meth:`GradientStats.synced`, called at logging time). A category
 whose gradient is not finite in a step is skipped and counted, never added
@@ -19,13 +22,14 @@ L = the classifier's ``num_logits``.
 """
 
 import logging
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.utils import comm
 from torch import nn
 
 from .base import Classifier
+from .checks import check_observed_inputs
 from .state import add_finite_, all_reduce_sum, register_nonfinite_counter
 
 __all__ = [
@@ -101,8 +105,13 @@ class GradientStats(nn.Module):
 
     Where the classifier keeps these sums as its own state (``accumulated_gradients()`` is
     not None: EQL v2, EFL), nothing is computed twice: :meth:`observe` does nothing and
-    :func:`gradient_balance` reads the classifier's sums. GradientStats holds no reference to
-    the classifier; the head owns both.
+    :func:`gradient_balance` reads the classifier's sums. Where the classifier computes them
+    in its backward pass (``computes_gradient_sums``: FocalLoss), :meth:`observe` does nothing
+    either and the head passes :meth:`gradient_sink` to the classifier's loss::
+
+        losses = self.classifier.losses(logits, gt_classes, ..., gradient_sink=sink)
+
+    GradientStats holds no reference to the classifier; the head owns both.
 
     State (registered buffers, saved in checkpoints):
         pos_grad, neg_grad: (C,) sums over all workers as of the last :meth:`synced`.
@@ -141,6 +150,7 @@ class GradientStats(nn.Module):
         self._first_columns = columns == list(range(num_classes))
         self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64), False)
         self._reuses_classifier_state = classifier.accumulated_gradients() is not None
+        self._fed_by_classifier = classifier.computes_gradient_sums
         if not self._reuses_classifier_state:
             for buffer in ("pos_grad", "neg_grad", "pos_grad_local", "neg_grad_local"):
                 self.register_buffer(buffer, torch.zeros(num_classes))
@@ -176,28 +186,36 @@ class GradientStats(nn.Module):
         """
         if (
             self._reuses_classifier_state
+            or self._fed_by_classifier
             or not self.training
             or not torch.is_grad_enabled()
             or not logits.requires_grad
         ):
             return logits
-        if logits.dim() != 2 or gt_classes.shape != logits.shape[:1]:
-            raise ValueError(
-                f"GradientStats.observe expects logits (R, L) and gt_classes (R,), got "
-                f"{tuple(logits.shape)} and {tuple(gt_classes.shape)}"
-            )
+        check_observed_inputs(logits, gt_classes)
         labels = gt_classes.detach()
         watched = logits.view_as(logits)
         watched.register_hook(lambda grad: self._accumulate(grad, labels))
         return watched
 
+    def gradient_sink(self) -> Optional[Callable[[torch.Tensor, torch.Tensor], None]]:
+        """For a classifier with ``computes_gradient_sums`` (FocalLoss), in training with grad
+        enabled: the ``gradient_sink`` to pass to its ``losses``, which adds the (C,) positive
+        and negative sums it computes in backward to this worker's increments (skipping and
+        counting non-finite ones, as the hook does). None otherwise."""
+        if not (self._fed_by_classifier and self.training and torch.is_grad_enabled()):
+            return None
+        return self._add_increments
+
     def _accumulate(self, grad: torch.Tensor, gt_classes: torch.Tensor) -> None:
         with torch.no_grad():
             columns = None if self._first_columns else self.columns
             pos, neg = positive_negative_sums(grad, gt_classes, columns, self.num_classes)
-            add_finite_(
-                (self.pos_grad_local, self.neg_grad_local), (pos, neg), self.nonfinite_updates
-            )
+            self._add_increments(pos, neg)
+
+    @torch.no_grad()
+    def _add_increments(self, pos: torch.Tensor, neg: torch.Tensor) -> None:
+        add_finite_((self.pos_grad_local, self.neg_grad_local), (pos, neg), self.nonfinite_updates)
 
     def synced(self) -> GradientBalance:
         """Accumulated sums over all workers (a collective call: every worker must call it).
@@ -219,7 +237,10 @@ class GradientStats(nn.Module):
         return GradientBalance(pos, neg, gradient_ratio(pos, neg))
 
     def extra_repr(self) -> str:
-        source = "classifier's own sums" if self._reuses_classifier_state else "logit hook"
+        if self._reuses_classifier_state:
+            source = "classifier's own sums"
+        else:
+            source = "classifier's backward" if self._fed_by_classifier else "logit hook"
         return f"classifier={self.classifier_name}, num_classes={self.num_classes}, {source}"
 
 

@@ -53,13 +53,19 @@ class ClassifierHead:
     def classification_losses(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, *args
     ) -> Dict[str, torch.Tensor]:
-        """The classifier's losses of (R, L) ``logits``, observed by the GradientStats first.
+        """The classifier's losses of (R, L) ``logits``, observed by the GradientStats first
+        (through its hook, or through the sink it hands a classifier that computes the sums in
+        its own backward pass, ``Classifier.computes_gradient_sums``).
 
         ``args`` are passed on to ``classifier.losses`` (a dense classifier's normaliser).
         """
+        kwargs = {}
         if self.gradient_stats is not None:
             logits = self.gradient_stats.observe(logits, gt_classes)
-        return dict(self.classifier.losses(logits, gt_classes, *args))
+            sink = self.gradient_stats.gradient_sink()
+            if sink is not None:
+                kwargs["gradient_sink"] = sink
+        return dict(self.classifier.losses(logits, gt_classes, *args, **kwargs))
 
     def gradient_balance(self) -> Optional[GradientBalance]:
         """Accumulated per-category gradients, summed over all workers (a collective call,

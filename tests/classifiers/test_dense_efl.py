@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lt_d2.classifiers.dense import focal as focal_module
+from lt_d2.classifiers import kernels
 from lt_d2.classifiers.dense.efl import EqualizedFocalLoss
 from lt_d2.classifiers.dense.focal import FocalLoss
 
@@ -56,7 +56,7 @@ def random_batch(num_anchors, num_classes, seed, scale=3.0):
 @pytest.mark.parametrize("chunk_elements", [None, 7 * 13])  # one chunk; 23 chunks, last partial
 def test_loss_and_gradient_match_eq4(chunk_elements, monkeypatch):
     if chunk_elements is not None:
-        monkeypatch.setattr(focal_module, "_CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", chunk_elements)
     C = 7
     efl = EqualizedFocalLoss(num_classes=C).eval()  # eval: the state stays fixed
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ def test_float32_matches_float64_reference():
 
 
 def test_half_logits_get_a_half_gradient_computed_in_float32(monkeypatch):
-    monkeypatch.setattr(focal_module, "_CHUNK_ELEMENTS", 4 * 10)  # several chunks
+    monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", 4 * 10)  # several chunks
     C = 4
     logits, gt = random_batch(50, C, seed=10)
     efl = EqualizedFocalLoss(num_classes=C).eval()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
-from lt_d2.classifiers import build_classifier
+from lt_d2.classifiers import build_classifier, kernels
 from lt_d2.classifiers.two_stage.droploss import DropLoss, droploss_keep_probs
 from lt_d2.classifiers.two_stage.sigmoid_bce import SigmoidBCE
 from lt_d2.config import add_lt_config
@@ -49,7 +49,10 @@ def test_keep_probability_eq7():
         torch.testing.assert_close(mu, torch.ones(C))
 
 
-def test_deterministic_cases_exact_loss_and_gradient():
+@pytest.mark.parametrize("chunk_elements", [None, 2 * C])  # one chunk, or 2 rows each
+def test_deterministic_cases_exact_loss_and_gradient(chunk_elements, monkeypatch):
+    if chunk_elements is not None:
+        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
     logits = torch.randn(5, C, dtype=torch.float64, requires_grad=True)
     # only frequent foreground -> mu_tail = 0: background ROIs drop every tail term
@@ -70,7 +73,10 @@ def test_deterministic_cases_exact_loss_and_gradient():
     torch.testing.assert_close(_clf().losses(logits, gt)["loss_cls"], (w * terms).sum() / 5)
 
 
-def test_seeded_generator_exact_values():
+@pytest.mark.parametrize("chunk_elements", [None, 2 * C])
+def test_seeded_generator_exact_values(chunk_elements, monkeypatch):
+    if chunk_elements is not None:  # the draws are made at once, read per chunk
+        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
     logits = torch.randn(6, C, dtype=torch.float64)
     gt = torch.tensor([2, 4, 5, 5, BG, BG])  # mu_tail = 1/4

@@ -250,12 +250,17 @@ def test_built_from_config():
     assert model.num_logits == 12 and model.logit_columns() == list(range(5))
 
 
-def test_softmax2_bce_function_matches_autograd_of_pairwise_softmax():
+@pytest.mark.parametrize("chunk_elements", [None, 8])  # one chunk, or 2 rows each
+def test_softmax2_bce_function_matches_autograd_of_pairwise_softmax(chunk_elements, monkeypatch):
     """one_hot_weighted_softmax2_bce with per-term r_ij and an upstream gradient != 1 against
     -sum w log softmax(pair) / R written with F.softmax and differentiated by autograd."""
     from torch.nn import functional as F
 
-    from lt_d2.classifiers.functional import one_hot_weighted_softmax2_bce
+    from lt_d2.classifiers import kernels
+    from lt_d2.classifiers.kernels import one_hot_weighted_softmax2_bce
+
+    if chunk_elements is not None:
+        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
 
     torch.manual_seed(0)
     R, K = 5, 4

@@ -1,5 +1,5 @@
 """GradientStats against the analytic logit gradients written out here (EQL v2 eqs. 3-4 for a
-sigmoid classifier, (p - onehot) / R for softmax cross entropy)."""
+sigmoid classifier, (p - onehot) / R for softmax cross entropy, dL/dx of sigmoid focal loss)."""
 
 from typing import Dict, List
 
@@ -8,8 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lt_d2.classifiers import CLASSIFIER_REGISTRY, Classifier
+from lt_d2.classifiers import CLASSIFIER_REGISTRY, Classifier, kernels
+from lt_d2.classifiers.dense.focal import FocalLoss
 from lt_d2.classifiers.gradient_stats import GradientStats, gradient_balance, gradient_ratio
+from lt_d2.classifiers.state import pop_nonfinite_updates
 
 from helpers.gloo import run_on_gloo_workers
 
@@ -157,6 +159,98 @@ def test_registered_classifiers_match_analytic_gradients(name):
     got = stats.synced()
     torch.testing.assert_close(got.pos.double(), want_pos, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got.neg.double(), want_neg, rtol=1e-5, atol=1e-7)
+
+
+def focal_sums(x: torch.Tensor, gt: torch.Tensor, alpha: float, gamma: float, scale: float):
+    """|dL/dx| of sigmoid focal loss (RetinaNet; EFL eq. 1) times ``scale``, split per category
+    into positives and negatives, in float64. With p = sigmoid(x):
+
+    positive (y = 1), L = -alpha (1 - p)^gamma log p:
+        dL/dx = alpha (1 - p)^gamma (gamma p log p - (1 - p))              (<= 0)
+    negative (y = 0), L = -(1 - alpha) p^gamma log(1 - p):
+        dL/dx = (1 - alpha) p^gamma (p - gamma (1 - p) log(1 - p))        (>= 0)
+
+    (d/dx p = p (1 - p)); ignored rows (gt = -1) contribute nothing.
+    """
+    pos, neg = torch.zeros(C, dtype=torch.float64), torch.zeros(C, dtype=torch.float64)
+    p = torch.sigmoid(x.double())
+    for i in range(x.shape[0]):
+        for j in range(C):
+            if gt[i] == -1:
+                continue
+            pij = p[i, j]
+            if gt[i] == j:
+                d = alpha * (1 - pij) ** gamma * (gamma * pij * torch.log(pij) - (1 - pij))
+                pos[j] += abs(d) * scale
+            else:
+                d = (1 - alpha) * pij**gamma * (pij - gamma * (1 - pij) * torch.log(1 - pij))
+                neg[j] += abs(d) * scale
+    return pos, neg
+
+
+class _HookedFocal(FocalLoss):
+    """FocalLoss measured by GradientStats's hook instead of its own backward."""
+
+    computes_gradient_sums = False
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 2 * C])
+def test_focal_loss_sums_from_its_backward_equal_the_analytic_split_and_the_hook(
+    chunk_elements, monkeypatch
+):
+    if chunk_elements is not None:  # several chunks in the fused kernel
+        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", chunk_elements)
+    fused, hooked = FocalLoss(num_classes=C), _HookedFocal(num_classes=C)
+    fused_stats, hooked_stats = GradientStats(fused).train(), GradientStats(hooked).train()
+    want_pos = torch.zeros(C, dtype=torch.float64)
+    want_neg = torch.zeros(C, dtype=torch.float64)
+    normalizer, outer = 3.0, 2.5  # an outer loss weight reaches the sums, as in the hook
+    for step in range(3):
+        gt = _problem(10 + step, rows=11)
+        x = torch.randn(gt.shape[0], C, generator=torch.Generator().manual_seed(step)) * 3
+        z = x.clone().requires_grad_(True)
+        assert fused_stats.observe(z, gt) is z  # no hook: the classifier's backward feeds it
+        loss = fused.losses(z, gt, normalizer, gradient_sink=fused_stats.gradient_sink())
+        (outer * loss["loss_cls"]).backward()
+        z2 = x.clone().requires_grad_(True)
+        loss = hooked.losses(hooked_stats.observe(z2, gt), gt, normalizer)
+        (outer * loss["loss_cls"]).backward()
+        torch.testing.assert_close(z.grad, z2.grad)
+        pos, neg = focal_sums(x, gt, fused.alpha, fused.gamma, outer / normalizer)
+        want_pos += pos
+        want_neg += neg
+    got, hook = fused_stats.synced(), hooked_stats.synced()
+    torch.testing.assert_close(got.pos.double(), want_pos, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.neg.double(), want_neg, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.pos, hook.pos, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.neg, hook.neg, rtol=1e-5, atol=1e-7)
+    # the same buffers as with the hook: checkpoints keep their layout
+    assert list(fused_stats.state_dict()) == list(hooked_stats.state_dict())
+
+
+def test_focal_loss_sink_only_in_training_with_grad():
+    stats = GradientStats(FocalLoss(num_classes=C)).eval()
+    assert stats.gradient_sink() is None
+    stats.train()
+    with torch.no_grad():
+        assert stats.gradient_sink() is None
+    assert stats.gradient_sink() is not None
+    assert GradientStats(_HookedFocal(num_classes=C)).train().gradient_sink() is None
+
+
+def test_nonfinite_focal_sums_are_skipped_and_counted():
+    classifier = FocalLoss(num_classes=C)
+    stats = GradientStats(classifier).train()
+    gt = torch.tensor([0, 1, C, C])
+    z = torch.randn(4, C)
+    z[2, 3] = float("nan")  # category 3's negative sum is NaN, the others finite
+    z.requires_grad_(True)
+    classifier.losses(z, gt, 1.0, gradient_sink=stats.gradient_sink())["loss_cls"].backward()
+    got = stats.synced()
+    assert torch.isfinite(got.pos).all() and torch.isfinite(got.neg).all()
+    assert got.neg[3] == 0 and (got.neg[:3] > 0).all()
+    ((_, counts),) = pop_nonfinite_updates(stats).values()
+    assert counts.tolist() == [0, 0, 0, 1]
 
 
 def test_eqlv2_state_is_reused():

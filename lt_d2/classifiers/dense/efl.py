@@ -31,8 +31,9 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
+from ..checks import check_dense_inputs
+from ..kernels import fused_sigmoid_focal_loss
 from ..state import AccumulatedGradientsMixin
-from .focal import check_dense_inputs, fused_sigmoid_focal_loss
 
 __all__ = ["EqualizedFocalLoss", "efl_factors"]
 

@@ -9,7 +9,7 @@ the gradients of the focal loss.
 
 State: ``pos_grad`` and ``neg_grad`` (C,) float64 buffers, accumulated from the fused loss pass
 over all anchors, images, workers and iterations. The initial all-zero state gives
-q_j = r_j = 1 (see :func:`lt_d2.classifiers.functional.eqlv2_weights`): the first iteration
+q_j = r_j = 1 (see :func:`lt_d2.classifiers.two_stage.eqlv2.eqlv2_weights`): the first iteration
 is plain focal loss.
 A category whose increment is not finite (a NaN logit, or +inf for the focal losses) keeps its
 state and is counted; the trainer warns, naming it (:mod:`lt_d2.classifiers.state`: skipped on
@@ -26,9 +26,10 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
-from ..functional import eqlv2_weights
+from ..checks import check_dense_inputs
+from ..kernels import fused_sigmoid_focal_loss
 from ..state import AccumulatedGradientsMixin
-from .focal import check_dense_inputs, fused_sigmoid_focal_loss
+from ..two_stage.eqlv2 import eqlv2_weights
 
 __all__ = ["EQLv2Focal"]
 

@@ -8,29 +8,34 @@ Shape shorthand: R = ROIs, C = foreground classes.
 
 import logging
 import math
+from typing import Optional
 
 import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from .eql import EQL
+from .eql import EQL, BackgroundWeights
 
 __all__ = ["BackgroundEQL", "background_eql_weights"]
 
 logger = logging.getLogger(__name__)
 
 
-def background_eql_weights(logits: torch.Tensor, tail: torch.Tensor, base: float) -> torch.Tensor:
+def background_eql_weights(
+    probs: torch.Tensor, tail: torch.Tensor, base: float, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """DropLoss eq. 4, the background rows: w_j = 1 - T_lambda(f_j) min{-log_b(p_j), 1},
-    computed as 1 + T_lambda(f_j) max{log_b(p_j), -1} in one (R, C) buffer.
+    computed as 1 + T_lambda(f_j) max{log_b(p_j), -1} in one (R, C) buffer (``out`` if
+    given).
 
-    log_b(p_j) = ln(sigmoid(z_j)) / ln(b), with p_j first clamped to the smallest normal
-    number of its dtype (no -inf where it underflows); that leaves min{-log_b(p_j), 1} = 1
+    log_b(p_j) = ln(p_j) / ln(b), with p_j first clamped to the smallest normal number of its
+    dtype (no -inf where sigmoid(z_j) underflows); that leaves min{-log_b(p_j), 1} = 1
     unchanged for any b below 1 / tiny (about 1e38 in float32). A score p_j <= 1/b drops the
     term of a tail category entirely; b -> inf gives EQL's weight 1.
 
     Args:
-        logits: (R, C) sigmoid logits z (detached: the weight is a constant in the loss).
+        probs: (R, C) sigmoid scores p = sigmoid(z) (detached: the weight is a constant in the
+            loss); not modified.
         tail: (C,) bool, T_lambda(f_j).
         base: logarithm base b > 1.
 
@@ -38,9 +43,9 @@ def background_eql_weights(logits: torch.Tensor, tail: torch.Tensor, base: float
         (R, C) weights of every row as if it were a background ROI (the caller applies eq. 2
         to the foreground rows).
     """
-    tiny = torch.finfo(logits.dtype).tiny
-    log_b_p = torch.sigmoid(logits).clamp_(min=tiny).log_().div_(math.log(base))
-    return log_b_p.clamp_(min=-1.0).mul_(tail.to(logits.dtype)).add_(1.0)
+    tiny = torch.finfo(probs.dtype).tiny
+    log_b_p = torch.clamp(probs, min=tiny, out=out).log_().div_(math.log(base))
+    return log_b_p.clamp_(min=-1.0).mul_(tail.to(probs.dtype)).add_(1.0)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -65,6 +70,7 @@ class BackgroundEQL(EQL):
         ret["b"] = cfg.MODEL.CLASSIFIER.BACKGROUND_EQL.B
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(R, C) eq. 4 weights (:func:`background_eql_weights`)."""
-        return background_eql_weights(logits, self.tail, self.b)
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
+        """Eq. 4 weights of a row chunk from the loss kernel's own sigmoid scores
+        (:func:`background_eql_weights`), so that sigmoid(z) is evaluated once."""
+        return lambda rows, z, p, out: background_eql_weights(p, self.tail, self.b, out)

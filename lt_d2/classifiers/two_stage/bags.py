@@ -31,8 +31,8 @@ from detectron2.config import configurable
 
 from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
 
-from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes
-from ..functional import check_logit_count
+from ..base import CLASSIFIER_REGISTRY, Classifier
+from ..checks import check_gt_classes, check_logit_count
 
 __all__ = ["BAGS", "sample_others"]
 

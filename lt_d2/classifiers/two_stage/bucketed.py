@@ -14,7 +14,8 @@ import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from .sigmoid_bce import SigmoidBCE, require_category_stats
+from ..checks import require_category_stats
+from .sigmoid_bce import SigmoidBCE
 
 __all__ = ["BucketedSigmoidBCE", "bucketed_class_weights"]
 

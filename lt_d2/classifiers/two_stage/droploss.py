@@ -15,8 +15,8 @@ import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..functional import positive_entries
-from .eql import EQL
+from ..kernels import positive_entries
+from .eql import EQL, BackgroundWeights
 
 __all__ = ["DropLoss", "droploss_keep_probs", "droploss_background_weights"]
 
@@ -112,8 +112,19 @@ class DropLoss(EQL):
         ret["frequent_bernoulli"] = cfg.MODEL.CLASSIFIER.DROP_LOSS.FREQUENT_BERNOULLI
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(R, C) Bernoulli draws of eq. 6 with this batch's mu (eq. 7)."""
+    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
+        """Bernoulli draws of eq. 6 with this batch's mu (eq. 7), row-major over all (R, C)
+        terms.
+
+        The CPU generator's stream is sequential, so drawing each row chunk when the kernel
+        asks for it (once per chunk, in row order) gives exactly the draws of one (R, C) call,
+        without an (R, C) buffer. Other devices' generators (CUDA's Philox) give other numbers
+        for split calls: there the (R, C) draws are made at once.
+        """
         mu = droploss_keep_probs(targets, self.tail, self.frequent_bernoulli)
+        if logits.device.type == "cpu":
+            return lambda rows, z, p, out: droploss_background_weights(
+                rows.stop - rows.start, mu, self.generator
+            )
         draws = droploss_background_weights(logits.shape[0], mu, self.generator)
-        return draws.to(logits.dtype)
+        return lambda rows, z, p, out: draws[rows]

@@ -29,13 +29,44 @@ from typing import Dict, List, Tuple
 import torch
 from detectron2.config import configurable
 
-from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes, prior_bias
-from ..functional import check_logit_count, eqlv2_weights, one_hot_weighted_sigmoid_bce
+from ..base import CLASSIFIER_REGISTRY, Classifier, prior_bias
+from ..checks import check_gt_classes, check_logit_count
+from ..kernels import one_hot_weighted_sigmoid_bce
 from ..state import AccumulatedGradientsMixin
 
-__all__ = ["EQLv2"]
+__all__ = ["EQLv2", "eqlv2_mapping", "eqlv2_weights"]
 
 logger = logging.getLogger(__name__)
+
+
+def eqlv2_mapping(x: torch.Tensor, gamma: float, mu: float) -> torch.Tensor:
+    """EQL v2 eq. 6: f(x) = 1 / (1 + exp(-gamma (x - mu))), elementwise."""
+    return torch.sigmoid(gamma * (x - mu))
+
+
+def eqlv2_weights(
+    pos_grad: torch.Tensor, neg_grad: torch.Tensor, gamma: float, mu: float, alpha: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """EQL v2 eqs. 5-6: per-category weights of positive and negative gradients.
+
+    g_j = pos_grad_j / neg_grad_j (eq. 9's accumulated ratio), r_j = f(g_j),
+    q_j = 1 + alpha (1 - f(g_j)).
+
+    A category that has accumulated no negative gradient yet (neg_grad_j = 0, in particular
+    the initial all-zero state) has g_j = +inf, hence f = 1 and q_j = r_j = 1 exactly: the
+    first iteration is the plain, un-reweighted sigmoid loss.
+
+    Args:
+        pos_grad: (C,) accumulated positive gradient magnitudes (>= 0).
+        neg_grad: (C,) accumulated negative gradient magnitudes (>= 0).
+
+    Returns:
+        q: (C,) positive weights, r: (C,) negative weights.
+    """
+    seen = neg_grad > 0
+    ratio = pos_grad / torch.where(seen, neg_grad, torch.ones_like(neg_grad))
+    f = torch.where(seen, eqlv2_mapping(ratio, gamma, mu), torch.ones_like(ratio))
+    return 1.0 + alpha * (1.0 - f), f
 
 
 @CLASSIFIER_REGISTRY.register()

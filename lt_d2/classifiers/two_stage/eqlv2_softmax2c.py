@@ -23,7 +23,7 @@ from typing import List, Tuple
 import torch
 
 from ..base import CLASSIFIER_REGISTRY
-from ..functional import one_hot_weighted_softmax2_bce, pair_differences
+from ..kernels import one_hot_weighted_softmax2_bce, pair_differences
 from .eqlv2 import EQLv2
 
 __all__ = ["EQLv2Softmax2C"]

@@ -33,8 +33,9 @@ import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..functional import positive_entries
-from .sigmoid_bce import SigmoidBCE, require_category_stats
+from ..checks import require_category_stats
+from ..kernels import positive_entries
+from .sigmoid_bce import SigmoidBCE
 
 __all__ = ["FederatedSigmoidBCE", "federated_classes"]
 

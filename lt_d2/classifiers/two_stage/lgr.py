@@ -9,10 +9,10 @@ from typing import Dict
 
 import torch
 from detectron2.config import configurable
-from torch.nn import functional as F
 
-from ..base import CLASSIFIER_REGISTRY, check_gt_classes
-from ..functional import check_logit_count
+from ..base import CLASSIFIER_REGISTRY
+from ..checks import check_gt_classes, check_logit_count
+from ..kernels import softmax_cross_entropy
 from .softmax_ce import SoftmaxCE
 
 __all__ = ["LGRSoftmaxCE", "lgr_softmax_ce"]
@@ -37,15 +37,15 @@ def lgr_softmax_ce(
     Returns:
         scalar; 0 with a gradient path when R = 0.
     """
-    log_p = F.log_softmax(logits, dim=-1)
-    log_p_t = log_p.gather(1, gt_classes[:, None])[:, 0]
-    with torch.no_grad():
+
+    def rho(log_p_t: torch.Tensor) -> torch.Tensor:
         gap = -torch.expm1(log_p_t)  # |p_t - t_t| = 1 - p_t, exact near p_t = 1
         safe_gap = torch.where(gap > 0, gap, torch.ones_like(gap))
-        rho = torch.where(
+        return torch.where(
             gap > 0, alpha * torch.log1p(b * safe_gap) / safe_gap, torch.full_like(gap, alpha * b)
         )
-    return -(rho * log_p_t).sum() / max(logits.shape[0], 1)
+
+    return softmax_cross_entropy(logits, gt_classes, max(logits.shape[0], 1), rho)
 
 
 @CLASSIFIER_REGISTRY.register()

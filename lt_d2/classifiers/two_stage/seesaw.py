@@ -28,19 +28,51 @@ Shape shorthand: R = ROIs, F = foreground ROIs, C = foreground classes, L = ``nu
 """
 
 import logging
+import math
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 
-from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes
-from ..functional import check_logit_count, seesaw_log_factors
+from ..base import CLASSIFIER_REGISTRY, Classifier
+from ..checks import check_gt_classes, check_logit_count
+from ..kernels import softmax_cross_entropy
 from ..state import all_reduce_sum
 
-__all__ = ["Seesaw"]
+__all__ = ["Seesaw", "seesaw_log_factors"]
 
 logger = logging.getLogger(__name__)
+
+
+def seesaw_log_factors(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    p: float,
+    q: float,
+    eps: float,
+) -> torch.Tensor:
+    """log S_ij = log M_ij + log C_ij of Seesaw loss (Wang et al. 2021, sec. 3), detached.
+
+    Mitigation M_ij = min(1, (N_j / N_i)^p) with N the accumulated instance counts (clamped
+    to >= 1); compensation C_ij = max(1, (sigma_j / max(sigma_i, eps))^q) with sigma the
+    softmax of the (detached) class logits; S_ii = 1. Computed in log space, so it is finite
+    for any finite logits.
+
+    Args:
+        logits: (F, C) class logits of foreground ROIs.
+        labels: (F,) int64 in [0, C).
+        counts: (C,) accumulated instance counts N.
+
+    Returns:
+        (F, C) log S, zero in each row's label column.
+    """
+    log_n = counts.clamp(min=1).log().to(logits.dtype)
+    log_m = (log_n[None, :] - log_n[labels][:, None]).clamp_(max=0).mul_(p)
+    log_sigma = torch.log_softmax(logits.detach(), dim=1)
+    log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
+    log_c = log_sigma.sub_(log_sigma_i).clamp_(min=0).mul_(q)  # two (F, C) buffers in all
+    return log_m.add_(log_c).scatter_(1, labels[:, None], 0.0)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -93,8 +125,8 @@ class Seesaw(Classifier):
         labels = gt_classes[fg]
         z = logits[fg][:, :C].float()
         log_s = seesaw_log_factors(z, labels, self.cum_samples, self.p, self.q, self.eps)
-        loss_cls = F.cross_entropy(z + log_s, labels, reduction="sum") / num_rois
-        loss_obj = F.cross_entropy(logits[:, C:].float(), fg.long(), reduction="sum") / num_rois
+        loss_cls = softmax_cross_entropy(z, labels, num_rois, offsets=log_s)
+        loss_obj = softmax_cross_entropy(logits[:, C:].float(), fg.long(), num_rois)
         return {"loss_cls": loss_cls, "loss_cls_objectness": loss_obj}
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 EQL, BackgroundEQL, DropLoss and BucketedSigmoidBCE subclass it and only change the
 weights of the negative terms (:meth:`SigmoidBCE.weights`); in every one of their equations
 the positive term (a foreground ROI's own class) has weight 1. The loss is computed from the
-positive entries only, with a closed-form backward (:func:`one_hot_weighted_sigmoid_bce`).
+positive entries only, with a closed-form backward
+(:func:`lt_d2.classifiers.kernels.one_hot_weighted_sigmoid_bce`).
 
 Shape shorthand: R = ROIs, C = foreground classes.
 """
@@ -15,27 +16,37 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes, prior_bias
-from ..functional import (
-    check_logit_count,
+from ..base import CLASSIFIER_REGISTRY, Classifier, prior_bias
+from ..checks import check_gt_classes, check_logit_count
+from ..kernels import (
+    NegativeWeights,
     one_hot_weighted_sigmoid_bce,
     positive_entries,
-    sigmoid_scores_with_background,
     sigmoid_targets,
 )
 
-__all__ = ["SigmoidBCE", "require_category_stats"]
+__all__ = ["SigmoidBCE", "sigmoid_scores_with_background"]
 
 logger = logging.getLogger(__name__)
 
 
-def require_category_stats(method: str, category_stats) -> None:
-    """Fail early when a frequency-based classifier is built without category statistics."""
-    if category_stats is None:
-        raise ValueError(
-            f"{method} needs the training set's category statistics (image/instance counts); "
-            f"pass category_stats=CategoryStats.from_dataset(cfg.DATASETS.TRAIN[0])"
-        )
+def sigmoid_scores_with_background(logits: torch.Tensor) -> torch.Tensor:
+    """Scores of C sigmoid tasks in detectron2's (R, C + 1) layout.
+
+    Column j < C is sigmoid(z_j). The background column is 1 - max_j sigmoid(z_j): a ROI is
+    background when every category score is low (DropLoss, sec. "Background Equalization
+    Loss"). detectron2's ``fast_rcnn_inference`` drops the last column, so detections only
+    ever use the C sigmoid scores.
+
+    Args:
+        logits: (R, C).
+
+    Returns:
+        (R, C + 1) in [0, 1].
+    """
+    probs = logits.sigmoid()
+    background = 1.0 - probs.amax(dim=1, keepdim=True)
+    return torch.cat([probs, background], dim=1)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -64,14 +75,16 @@ class SigmoidBCE(Classifier):
     def num_logits(self) -> int:
         return self.num_classes
 
-    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> Optional[torch.Tensor]:
-        """Weights w_rj of the negative terms (y_rj = 0): (R, C), (C,) or None for all ones
-        (this class).
+    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> Optional[NegativeWeights]:
+        """Weights w_rj of the negative terms (y_rj = 0): None for all ones (this class), a
+        (C,) or (R, C) tensor, or a function of a row chunk ``(rows, z, p, out) -> (n, C)``
+        (:data:`~lt_d2.classifiers.kernels.NegativeWeights`), which the loss kernel evaluates
+        chunk by chunk so that per-term weights need no (R, C) buffer.
 
         Subclasses implement their paper's weights here from the (R, C) detached logits and
-        the (R, C) binary targets (sparse in training, see :func:`sigmoid_targets`; a
-        background ROI is an all-zero row). Entries at positive terms (y_rj = 1) are not
-        read: those terms have weight 1.
+        the (R, C) binary targets (sparse in training, see
+        :func:`~lt_d2.classifiers.kernels.sigmoid_targets`; a background ROI is an all-zero
+        row). Entries at positive terms (y_rj = 1) are not read: those terms have weight 1.
         """
         return None
 
@@ -87,12 +100,8 @@ class SigmoidBCE(Classifier):
         z = logits.to(torch.promote_types(logits.dtype, torch.float32))
         targets = sigmoid_targets(gt_classes, self.num_classes)
         neg_weights = self.weights(z.detach(), targets)
-        ones = z.new_ones(self.num_classes)
         loss, _, _ = one_hot_weighted_sigmoid_bce(
-            z,
-            *positive_entries(targets),
-            ones,
-            ones if neg_weights is None else neg_weights,
+            z, *positive_entries(targets), z.new_ones(self.num_classes), neg_weights
         )
         return {"loss_cls": loss}
 

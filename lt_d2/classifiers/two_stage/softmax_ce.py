@@ -8,10 +8,10 @@ from typing import Dict
 
 import torch
 from detectron2.config import configurable
-from torch.nn import functional as F
 
-from ..base import CLASSIFIER_REGISTRY, Classifier, check_gt_classes
-from ..functional import check_logit_count
+from ..base import CLASSIFIER_REGISTRY, Classifier
+from ..checks import check_gt_classes, check_logit_count
+from ..kernels import softmax_cross_entropy
 
 __all__ = ["SoftmaxCE"]
 
@@ -47,8 +47,10 @@ class SoftmaxCE(Classifier):
         check_logit_count(logits, self.num_logits, type(self).__name__)
         if logits.shape[0] == 0:
             return {"loss_cls": logits.sum() * 0.0}
-        return {"loss_cls": F.cross_entropy(logits, gt_classes, reduction="mean")}
+        # half-precision logits (autocast) are computed in float32, float64 stays float64
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return {"loss_cls": softmax_cross_entropy(z, gt_classes, logits.shape[0])}
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """(R, C + 1) logits -> (R, C + 1) softmax probabilities."""
-        return F.softmax(logits, dim=-1)
+        return torch.softmax(logits, dim=-1)
