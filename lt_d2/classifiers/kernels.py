@@ -30,7 +30,7 @@ FocalLoss head, :mod:`lt_d2.classifiers.gradient_stats`).
 Shape shorthand: R = ROIs, N = anchors, K = binary tasks, C = foreground classes.
 """
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -43,10 +43,12 @@ __all__ = [
     "RowWeights",
     "focal_term",
     "fused_sigmoid_focal_loss",
+    "hand_over_gradient",
     "one_hot_weighted_sigmoid_bce",
     "one_hot_weighted_softmax2_bce",
     "pair_differences",
     "positive_entries",
+    "row_chunks",
     "sigmoid_targets",
     "softmax_cross_entropy",
 ]
@@ -81,8 +83,17 @@ def _chunk_rows(num_rows: int, num_columns: int, elements: int) -> int:
     return max(1, min(elements // max(num_columns, 1), num_rows))
 
 
-def _hand_over(ctx) -> torch.Tensor:
-    """The gradient saved by the forward pass, taken off ``ctx`` (refused the second time)."""
+def row_chunks(num_rows: int, num_columns: int) -> Iterator[slice]:
+    """Row slices of an (R, K) problem, in order, each at most the two-stage kernels' chunk
+    size (for a loss of this convention written outside this module, e.g. Seesaw's)."""
+    rows = _chunk_rows(num_rows, num_columns, _BCE_CHUNK_ELEMENTS)
+    for start in range(0, num_rows, rows):
+        yield slice(start, min(start + rows, num_rows))
+
+
+def hand_over_gradient(ctx) -> torch.Tensor:
+    """The gradient saved by the forward pass as ``ctx.grad``, taken off ``ctx`` (refused the
+    second time): what every kernel's backward returns, scaled by the incoming gradient."""
     grad, ctx.grad = ctx.grad, None
     if grad is None:
         raise RuntimeError(
@@ -229,7 +240,7 @@ class _OneHotWeightedBCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_pos, _grad_neg):
-        grad = _hand_over(ctx)
+        grad = hand_over_gradient(ctx)
         return grad.mul_(grad_loss / ctx.num_rows), None, None, None, None, None
 
 
@@ -335,7 +346,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _hand_over(ctx).mul_(grad_loss), None, None, None, None
+        return hand_over_gradient(ctx).mul_(grad_loss), None, None, None, None
 
 
 def softmax_cross_entropy(
@@ -495,7 +506,7 @@ class _FusedSigmoidFocalLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_pos, _grad_neg):
-        grad = _hand_over(ctx)
+        grad = hand_over_gradient(ctx)
         if ctx.sink is not None:
             scale = grad_loss.abs()
             ctx.sink(*(s * scale for s in ctx.sums))

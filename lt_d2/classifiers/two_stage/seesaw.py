@@ -36,7 +36,7 @@ from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..checks import check_gt_classes, check_logit_count
-from ..kernels import softmax_cross_entropy
+from ..kernels import hand_over_gradient, row_chunks
 from ..state import all_reduce_sum
 
 __all__ = ["Seesaw", "seesaw_log_factors"]
@@ -73,6 +73,49 @@ def seesaw_log_factors(
     log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
     log_c = log_sigma.sub_(log_sigma_i).clamp_(min=0).mul_(q)  # two (F, C) buffers in all
     return log_m.add_(log_c).scatter_(1, labels[:, None], 0.0)
+
+
+class _SeesawLosses(torch.autograd.Function):
+    """Both Seesaw losses of (R, C + 2) logits and their closed-form gradient, computed in the
+    forward pass and handed over in backward (the convention of
+    :mod:`lt_d2.classifiers.kernels`): one (R, L) gradient, where autograd's row indexing and
+    column slicing would each allocate an (R, L) buffer of their own.
+
+    dL_cls/dz_ij = (softmax(z_i + log S_i)_j - [j = t_i]) / R on foreground rows (log S a
+    constant), dL_obj/dz_i = (softmax(o_i) - onehot(object_i)) / R on the 2 objectness columns.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, gt_classes, counts, p, q, eps):
+        num_rois, num_logits = logits.shape
+        C = num_logits - 2
+        scale = 1.0 / max(num_rois, 1)
+        grad = torch.zeros_like(logits)
+        fg_rows = (gt_classes < C).nonzero()[:, 0]
+        loss_cls = logits.new_zeros((), dtype=torch.float64)
+        for chunk in row_chunks(fg_rows.numel(), C):
+            rows = fg_rows[chunk]
+            labels = gt_classes[rows][:, None]
+            z = logits[rows, :C].float()
+            z += seesaw_log_factors(z, labels[:, 0], counts, p, q, eps)
+            log_prob = torch.log_softmax(z, dim=1)
+            loss_cls -= log_prob.gather(1, labels).sum(dtype=torch.float64)
+            prob = log_prob.exp_().scatter_add_(1, labels, log_prob.new_full(labels.shape, -1.0))
+            grad[rows, :C] = prob.mul_(scale).to(grad.dtype)
+        target = (gt_classes < C).long()[:, None]  # objectness: column 1 = object
+        log_prob = torch.log_softmax(logits[:, C:].float(), dim=1)
+        loss_obj = -log_prob.gather(1, target).sum(dtype=torch.float64)
+        prob = log_prob.exp_().scatter_add_(1, target, log_prob.new_full(target.shape, -1.0))
+        grad[:, C:] = prob.mul_(scale).to(grad.dtype)
+        ctx.grad, ctx.num_classes = grad, C
+        return (loss_cls * scale).to(logits.dtype), (loss_obj * scale).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_cls, grad_obj):
+        grad, C = hand_over_gradient(ctx), ctx.num_classes
+        grad[:, :C].mul_(grad_cls)
+        grad[:, C:].mul_(grad_obj)
+        return grad, None, None, None, None, None
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -117,16 +160,13 @@ class Seesaw(Classifier):
         check_gt_classes(logits, gt_classes, self.num_classes)
         check_logit_count(logits, self.num_logits, "Seesaw")
         C = self.num_classes
-        num_rois = max(logits.shape[0], 1)
         fg = gt_classes < C
         if self.training:
             batch_counts = torch.bincount(gt_classes[fg], minlength=C).to(self.cum_samples)
             self.cum_samples += all_reduce_sum(batch_counts)
-        labels = gt_classes[fg]
-        z = logits[fg][:, :C].float()
-        log_s = seesaw_log_factors(z, labels, self.cum_samples, self.p, self.q, self.eps)
-        loss_cls = softmax_cross_entropy(z, labels, num_rois, offsets=log_s)
-        loss_obj = softmax_cross_entropy(logits[:, C:].float(), fg.long(), num_rois)
+        loss_cls, loss_obj = _SeesawLosses.apply(
+            logits, gt_classes, self.cum_samples, self.p, self.q, self.eps
+        )
         return {"loss_cls": loss_cls, "loss_cls_objectness": loss_obj}
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
