@@ -108,7 +108,7 @@ def test_nan_gradient_is_not_folded_into_gradient_stats():
 # ----------------------------------------------------------------------------------------
 # helpers: a tiny LVIS-format dataset on disk, train_net.py imported as a module
 # ----------------------------------------------------------------------------------------
-def _write_lvis(path, names, annotations, num_images=3, frequency="f", category_of=None):
+def _write_lvis(path, names, annotations, num_images=3, frequency="f"):
     """An LVIS-format json: ``annotations`` is a list of (image id, category id) pairs."""
     return write_lvis_json(
         path,
