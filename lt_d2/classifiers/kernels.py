@@ -6,8 +6,8 @@ Three kernels:
   :func:`one_hot_weighted_softmax2_bce`): reweighted sigmoid cross entropy of K tasks over R
   ROIs whose targets are given by their few positive entries (SigmoidBCE, EQL, BackgroundEQL,
   DropLoss, BucketedSigmoidBCE, FederatedSigmoidBCE, EQLv2, EQLv2Softmax2C);
-- :func:`softmax_cross_entropy`: weighted softmax cross entropy with optional logit offsets
-  (SoftmaxCE, LGRSoftmaxCE, Seesaw);
+- :func:`softmax_cross_entropy`: weighted softmax cross entropy (SoftmaxCE, LGRSoftmaxCE; its
+  row-chunk step :func:`softmax_cross_entropy_rows` also serves Seesaw);
 - :func:`fused_sigmoid_focal_loss`: weighted sigmoid focal loss of C tasks over N anchors
   with per-category focusing factors (FocalLoss, EqualizedFocalLoss, EQLv2Focal).
 
@@ -51,6 +51,7 @@ __all__ = [
     "row_chunks",
     "sigmoid_targets",
     "softmax_cross_entropy",
+    "softmax_cross_entropy_rows",
 ]
 
 # Logit elements processed per chunk of the focal kernel (16 MiB of float32 for each workspace
@@ -314,39 +315,56 @@ def one_hot_weighted_softmax2_bce(
 RowWeights = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
+def softmax_cross_entropy_rows(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    divisor: float,
+    row_weight: RowWeights = None,
+    out: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One row chunk of a softmax cross entropy: -sum_i w_i log softmax(x_i)[t_i] and its
+    gradient w_i (softmax(x_i) - onehot(t_i)) / divisor (the chunk step of
+    :func:`softmax_cross_entropy`, also Seesaw's).
+
+    Args:
+        x: (n, L) logits (not modified). target: (n, 1) int64 in [0, L).
+        divisor: the loss's denominator (> 0).
+        row_weight: None (all ones), (n,) w_i, or a function of the (n,) log p_t (detached)
+            returning them.
+        out: (n, L) tensor that receives the gradient; None returns a new one.
+
+    Returns:
+        the float64 loss sum (not divided), the (n, L) gradient.
+    """
+    log_p = torch.log_softmax(x, dim=1)  # bitwise autograd's cross entropy's
+    log_p_t = log_p.gather(1, target)[:, 0]
+    w = row_weight(log_p_t) if callable(row_weight) else row_weight
+    loss = -(log_p_t if w is None else w * log_p_t).sum(dtype=torch.float64)
+    p = log_p.exp_()
+    p.scatter_add_(1, target, p.new_full(target.shape, -1.0))
+    scale = 1.0 / divisor if w is None else (w / divisor)[:, None]
+    return loss, (p.mul_(scale) if out is None else torch.mul(p, scale, out=out))
+
+
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     """Forward and closed-form backward of :func:`softmax_cross_entropy`, chunked over rows."""
 
     @staticmethod
-    def forward(ctx, logits, targets, divisor, row_weight, offsets):
-        num_rows, L = logits.shape
+    def forward(ctx, logits, targets, divisor, row_weight):
         grad = torch.empty_like(logits)
         loss = logits.new_zeros((), dtype=torch.float64)
-        rows = _chunk_rows(num_rows, L, _BCE_CHUNK_ELEMENTS)
-        for start in range(0, num_rows, rows):
-            stop = min(start + rows, num_rows)
-            x = logits[start:stop]
-            if offsets is not None:
-                x = torch.add(x, offsets[start:stop], out=grad[start:stop])
-            target = targets[start:stop, None]
-            log_p = torch.log_softmax(x, dim=1)  # bitwise autograd's cross entropy's
-            log_p_t = log_p.gather(1, target)[:, 0]
-            if callable(row_weight):
-                w = row_weight(log_p_t)
-            else:
-                w = None if row_weight is None else row_weight[start:stop]
-            loss -= (log_p_t if w is None else w * log_p_t).sum(dtype=torch.float64)
-            # dL/dx = w (softmax(x) - onehot) / divisor
-            p = log_p.exp_()
-            p.scatter_add_(1, target, p.new_full(target.shape, -1.0))
-            scale = 1.0 / divisor if w is None else (w / divisor)[:, None]
-            torch.mul(p, scale, out=grad[start:stop])
+        for rows in row_chunks(*logits.shape):
+            w = row_weight if row_weight is None or callable(row_weight) else row_weight[rows]
+            chunk_loss, _ = softmax_cross_entropy_rows(
+                logits[rows], targets[rows, None], divisor, w, out=grad[rows]
+            )
+            loss += chunk_loss
         ctx.grad = grad
         return (loss / divisor).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return hand_over_gradient(ctx).mul_(grad_loss), None, None, None, None
+        return hand_over_gradient(ctx).mul_(grad_loss), None, None, None
 
 
 def softmax_cross_entropy(
@@ -354,16 +372,15 @@ def softmax_cross_entropy(
     targets: torch.Tensor,
     divisor: float,
     row_weight: RowWeights = None,
-    offsets: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Weighted softmax cross entropy, L = -1/divisor sum_i w_i log softmax(z_i + o_i)[t_i].
+    """Weighted softmax cross entropy, L = -1/divisor sum_i w_i log softmax(z_i)[t_i].
 
-    The softmax classifiers' loss: plain (detectron2's, w = 1, divisor R), Libra eq. 19
-    (w_i = rho_i of the target's probability, :data:`RowWeights`), Seesaw (o_i = log S_i,
-    detached). The gradient dL/dz_i = w_i (softmax(z_i + o_i) - onehot(t_i)) / divisor, with
-    w and o constants, is computed in the forward pass (module docstring): one (R, L)
-    tensor, where autograd's cross entropy keeps the log-probabilities and allocates two more
-    for backward.
+    The softmax classifiers' loss: plain (detectron2's, w = 1, divisor R) and Libra eq. 19
+    (w_i = rho_i of the target's probability, :data:`RowWeights`); Seesaw runs its chunk step
+    (:func:`softmax_cross_entropy_rows`) on its own rows and offsets. The gradient
+    dL/dz_i = w_i (softmax(z_i) - onehot(t_i)) / divisor, with w constant, is computed in the
+    forward pass (module docstring): one (R, L) tensor, where autograd's cross entropy keeps
+    the log-probabilities and allocates two more for backward.
 
     Args:
         logits: (R, L) float logits z.
@@ -371,12 +388,11 @@ def softmax_cross_entropy(
         divisor: the loss's denominator (> 0).
         row_weight: None (all ones), (R,) w_i, or a function of the (n,) log p_t of a row
             chunk (detached) returning its (n,) weights.
-        offsets: None or (R, L) detached additive offsets o.
 
     Returns:
         the loss, a scalar in the logits' dtype (0 when R = 0).
     """
-    return _SoftmaxCrossEntropy.apply(logits, targets, float(divisor), row_weight, offsets)
+    return _SoftmaxCrossEntropy.apply(logits, targets, float(divisor), row_weight)
 
 
 # ------------------------------------------------------------------ sigmoid focal loss

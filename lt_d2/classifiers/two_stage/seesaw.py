@@ -36,7 +36,7 @@ from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..checks import check_gt_classes, check_logit_count
-from ..kernels import hand_over_gradient, row_chunks
+from ..kernels import hand_over_gradient, row_chunks, softmax_cross_entropy_rows
 from ..state import all_reduce_sum
 
 __all__ = ["Seesaw", "seesaw_log_factors"]
@@ -89,7 +89,7 @@ class _SeesawLosses(torch.autograd.Function):
     def forward(ctx, logits, gt_classes, counts, p, q, eps):
         num_rois, num_logits = logits.shape
         C = num_logits - 2
-        scale = 1.0 / max(num_rois, 1)
+        divisor = float(max(num_rois, 1))
         grad = torch.zeros_like(logits)
         fg_rows = (gt_classes < C).nonzero()[:, 0]
         loss_cls = logits.new_zeros((), dtype=torch.float64)
@@ -98,17 +98,14 @@ class _SeesawLosses(torch.autograd.Function):
             labels = gt_classes[rows][:, None]
             z = logits[rows, :C].float()
             z += seesaw_log_factors(z, labels[:, 0], counts, p, q, eps)
-            log_prob = torch.log_softmax(z, dim=1)
-            loss_cls -= log_prob.gather(1, labels).sum(dtype=torch.float64)
-            prob = log_prob.exp_().scatter_add_(1, labels, log_prob.new_full(labels.shape, -1.0))
-            grad[rows, :C] = prob.mul_(scale).to(grad.dtype)
+            chunk_loss, chunk_grad = softmax_cross_entropy_rows(z, labels, divisor)
+            loss_cls += chunk_loss
+            grad[rows, :C] = chunk_grad.to(grad.dtype)
         target = (gt_classes < C).long()[:, None]  # objectness: column 1 = object
-        log_prob = torch.log_softmax(logits[:, C:].float(), dim=1)
-        loss_obj = -log_prob.gather(1, target).sum(dtype=torch.float64)
-        prob = log_prob.exp_().scatter_add_(1, target, log_prob.new_full(target.shape, -1.0))
-        grad[:, C:] = prob.mul_(scale).to(grad.dtype)
+        loss_obj, obj_grad = softmax_cross_entropy_rows(logits[:, C:].float(), target, divisor)
+        grad[:, C:] = obj_grad.to(grad.dtype)
         ctx.grad, ctx.num_classes = grad, C
-        return (loss_cls * scale).to(logits.dtype), (loss_obj * scale).to(logits.dtype)
+        return (loss_cls / divisor).to(logits.dtype), (loss_obj / divisor).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_cls, grad_obj):
