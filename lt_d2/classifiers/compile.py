@@ -1,0 +1,84 @@
+"""``torch.compile`` for the classifiers' loss functions, with an eager fallback.
+
+Every method's loss is a pure plain-torch function written as its paper's equations; speed and
+memory come from the compiler (C++ on the CPU, Triton on a GPU), which fuses the elementwise
+chain and the reductions into a few kernels. Such a function is decorated once::
+
+    @compiled_loss
+    def eqlv2_loss(logits, gt_classes, q, r): ...
+
+and called as usual. The first call compiles it with dynamic shapes, so a new number of rows
+reuses the compiled code; ``eqlv2_loss.eager`` is the undecorated function, the reference the
+compiled one is tested against. Compilation is on by default and turned off, for every loss
+at once, by the config key ``MODEL.COMPILE_LOSSES`` (:func:`set_compile_enabled`, called by
+the classifier builders). Where ``torch.compile`` is unavailable or fails on a function, lt_d2
+says why once and runs that function eagerly from then on.
+"""
+
+import contextlib
+import functools
+import logging
+from typing import Callable, Iterator
+
+import torch
+
+__all__ = ["CompiledLoss", "compile_enabled", "compiled_loss", "eager_losses", "set_compile_enabled"]
+
+logger = logging.getLogger(__name__)
+
+_ENABLED = True
+
+
+def set_compile_enabled(enabled: bool) -> None:
+    """Turn compilation of every :func:`compiled_loss` function on or off (process-wide)."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
+
+
+def compile_enabled() -> bool:
+    """Whether :func:`compiled_loss` functions currently run compiled."""
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def eager_losses() -> Iterator[None]:
+    """Within the block every :func:`compiled_loss` function runs eagerly."""
+    previous = _ENABLED
+    set_compile_enabled(False)
+    try:
+        yield
+    finally:
+        set_compile_enabled(previous)
+
+
+class CompiledLoss:
+    """A loss function that runs under ``torch.compile(dynamic=True)`` when compilation is
+    enabled, eagerly otherwise or after compilation failed (logged once, with the reason)."""
+
+    def __init__(self, fn: Callable):
+        functools.update_wrapper(self, fn)
+        self.eager = fn
+        self._compiled = None
+        self._failure = None
+
+    def __call__(self, *args, **kwargs):
+        if not _ENABLED or self._failure is not None:
+            return self.eager(*args, **kwargs)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.eager, dynamic=True)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as e:  # the compiler's failure: the eager function decides
+            self._failure = f"{type(e).__name__}: {e}".splitlines()[0]
+            logger.warning(
+                "torch.compile failed on %s (%s); it runs eagerly from now on (same results, "
+                "slower; MODEL.COMPILE_LOSSES False turns compilation off)",
+                self.eager.__qualname__,
+                self._failure,
+            )
+            return self.eager(*args, **kwargs)
+
+
+def compiled_loss(fn: Callable) -> CompiledLoss:
+    """Decorator: ``fn`` compiled on first call (see :class:`CompiledLoss`)."""
+    return CompiledLoss(fn)
