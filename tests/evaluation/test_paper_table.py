@@ -6,6 +6,7 @@ import math
 import os
 
 import pytest
+import yaml
 
 from lt_d2.engine import LTTrainer
 from lt_d2.evaluation.paper_table import PAPER_RESULTS, load_paper_results, main
@@ -15,6 +16,10 @@ from helpers.training import evaluation_results
 
 EQLV2 = os.path.join(REPO, "configs", "eqlv2", "eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
 EFL = os.path.join(REPO, "configs", "efl", "efl_atss_improved_R_50_FPN_2x_lvis_v1.yaml")
+EFL_STS = os.path.join(REPO, "configs", "efl", "efl_atss_sts_R_50_FPN_2x_lvis_v1.yaml")
+DROPLOSS = os.path.join(REPO, "configs", "droploss", "droploss_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
+SOFTMAX = os.path.join(REPO, "configs", "eqlv2", "softmax_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
+BAGS = os.path.join(REPO, "configs", "eqlv2", "bags_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
 
 
 def _write_run(path, config_file, metrics, *opts):
@@ -95,7 +100,7 @@ def test_fabricated_runs_against_their_rows(tmp_path):
         _write_run(tmp_path / "demo", DEMO_CONFIG, {"bbox/AP": 44.3, "segm/AP": 53.94}),
     ]
     rows = _markdown_rows(main([*runs, "--markdown"]))
-    assert rows[runs[0]] == [
+    assert rows[runs[0]][:-1] == [
         "EQLv2 Table 1, (h) EQL v2",
         "25.0 (24.2, +0.8)",  # box AP: 25.0 - 24.2
         "15.5",  # box APr/c/f: not in the paper's table
@@ -114,14 +119,21 @@ def test_fabricated_runs_against_their_rows(tmp_path):
         "26.1 (26.1, +0.0)",
         "33.0 (32.4, +0.6)",
     ]
-    assert rows[runs[2]][5:] == ["-"] * 4  # a box-only detector: no mask metrics
-    assert rows[runs[3]] == ["(no paper row)", "44.3", "-", "-", "-", "53.9", "-", "-", "-"]
+    assert rows[runs[2]][5:9] == ["-"] * 4  # a box-only detector: no mask metrics
+    assert rows[runs[3]][:-1] == ["(no paper row)", "44.3", "-", "-", "-", "53.9", "-", "-", "-"]
+    # the scaled schedule, beside the numbers: every key with the run's and the config's value
+    assert rows[runs[0]][-1].split("; ") == [
+        "SOLVER.BASE_LR = 0.01 (config: 0.02)",
+        "SOLVER.IMS_PER_BATCH = 8 (config: 16)",
+        "SOLVER.MAX_ITER = 180000 (config: 75000)",
+        "SOLVER.STEPS = [120000, 160000] (config: [50000, 68750])",
+    ]
+    assert rows[runs[2]][-1] == ""  # the config's own recipe
     table = main(runs)  # plain text: the same content, with the notes below the table
-    assert f"{runs[0]}: SOLVER.IMS_PER_BATCH = 8 (the config of the paper row: 16)" in table
     assert (
         f"{runs[1]}: no paper row; closest config "
         "configs/eqlv2/eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml differs in 1 keys: "
-        "MODEL.CLASSIFIER.EQLV2.GAMMA"
+        "MODEL.CLASSIFIER.EQLV2.GAMMA = 10.0 (config: 12.0)"
     ) in table
 
 
@@ -133,6 +145,140 @@ def test_missing_files_and_unfinished_runs_fail_clearly(tmp_path):
         f.write(json.dumps({"iteration": 19, "total_loss": 1.5}) + "\n")
     with pytest.raises(ValueError, match="no evaluation result"):
         main([run])
+
+
+def test_learning_rate_and_warm_up_are_reported_beside_the_numbers(tmp_path):
+    """A DropLoss run at the printed LR 0.2 and an EFL stabilized-settings run with 1000
+    warm-up iterations keep their rows, with the difference in the row's line."""
+    warmup = load_config(EFL_STS).SOLVER.WARMUP_ITERS
+    runs = [
+        _write_run(tmp_path / "drop", DROPLOSS, {"bbox/AP": 20.0}, "SOLVER.BASE_LR", 0.2),
+        _write_run(tmp_path / "sts", EFL_STS, {"bbox/AP": 26.0}, "SOLVER.WARMUP_ITERS", 1000),
+    ]
+    rows = _markdown_rows(main([*runs, "--markdown"]))
+    assert rows[runs[0]][0] == "DropLoss Table 2 (bottom, LVIS v1.0), DropLoss, without RFS"
+    assert rows[runs[0]][-1] == "SOLVER.BASE_LR = 0.2 (config: 0.02)"
+    assert rows[runs[1]][0] == "EFL Table 5, row 2: EFL + STS"
+    assert rows[runs[1]][-1] == f"SOLVER.WARMUP_ITERS = 1000 (config: {warmup})"
+
+
+def _stage_one(path, config_file, ap):
+    """A finished first-stage run with its final model file."""
+    run = _write_run(path, config_file, {"bbox/AP": ap})
+    weights = os.path.join(run, "model_final.pth")
+    open(weights, "wb").close()
+    return weights
+
+
+def test_second_stage_is_matched_by_the_run_it_started_from(tmp_path):
+    """BAGS re-trained on an EQL v2 model is EQL v2 Table 6, not Table 1 (g) (on softmax)."""
+    softmax = _stage_one(tmp_path / "softmax", SOFTMAX, 16.0)
+    eqlv2 = _stage_one(tmp_path / "eqlv2", EQLV2, 24.0)
+    metrics = {"bbox/AP": 24.0, "segm/AP": 23.5}
+    runs = [
+        _write_run(tmp_path / "on_softmax", BAGS, metrics, "MODEL.WEIGHTS", softmax),
+        _write_run(tmp_path / "on_eqlv2", BAGS, metrics, "MODEL.WEIGHTS", eqlv2),
+        _write_run(tmp_path / "on_file", BAGS, metrics, "MODEL.WEIGHTS", "/elsewhere/m.pth"),
+    ]
+    rows = _markdown_rows(main([*runs, "--markdown"]))
+    assert rows[runs[0]][0] == "EQLv2 Table 1, (g) BAGS"
+    assert rows[runs[0]][-1] == (
+        f"MODEL.WEIGHTS: started from {tmp_path / 'softmax'} (recipe: "
+        "configs/eqlv2/softmax_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml)"
+    )
+    assert rows[runs[1]][0] == "EQLv2 Table 6, BAGS, EQL v2 pre-trained"
+    assert rows[runs[1]][1] == "24.0 (24.5, -0.5)"  # Table 6: box AP 24.5
+    assert rows[runs[1]][-1] == (
+        f"MODEL.WEIGHTS: started from {tmp_path / 'eqlv2'} (recipe: "
+        "configs/eqlv2/eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml)"
+    )
+    # weights that are no run's model: the row cannot be told, and the table says so
+    assert "not another run's model" in rows[runs[2]][-1]
+    table = main([*runs, "--markdown"])
+    assert f"- {runs[2]}: matches equally: EQLv2 Table 6, BAGS, EQL v2 pre-trained" in table
+
+
+def _edit_config(run, edit):
+    path = os.path.join(run, "config.yaml")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    edit(config)
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+
+
+def test_keys_of_another_version_are_listed_not_compared(tmp_path):
+    """A config.yaml written under detectron2 main (keys v0.6 lacks) with mixed precision, and
+    one written by an lt_d2 without a key: both keep their row."""
+
+    def newer(config):
+        config["DATALOADER"]["REPEAT_SQRT"] = True
+        config["FLOAT32_PRECISION"] = ""
+        config["SOLVER"]["AMP"]["ENABLED"] = True
+
+    def older(config):
+        del config["MODEL"]["CLASSIFIER"]["EQLV2"]["GAMMA"]
+
+    runs = [_write_run(tmp_path / name, EQLV2, {"bbox/AP": 24.0}) for name in ("newer", "older")]
+    _edit_config(runs[0], newer)
+    _edit_config(runs[1], older)
+    table = main([*runs, "--markdown"])
+    rows = _markdown_rows(table)
+    assert rows[runs[0]][0] == rows[runs[1]][0] == "EQLv2 Table 1, (h) EQL v2"
+    assert rows[runs[0]][-1] == "SOLVER.AMP.ENABLED = True (config: False)"
+    assert rows[runs[1]][-1] == ""
+    assert (
+        f"- {runs[0]}: keys of another detectron2 / lt_d2 version, not compared: only in the "
+        "run: DATALOADER.REPEAT_SQRT, FLOAT32_PRECISION"
+    ) in table
+    assert (
+        f"- {runs[1]}: keys of another detectron2 / lt_d2 version, not compared: not in the "
+        "run: MODEL.CLASSIFIER.EQLV2.GAMMA"
+    ) in table
+
+
+def _append_metrics(run, *entries):
+    with open(os.path.join(run, "metrics.json"), "a") as f:
+        for entry in entries:
+            f.write(json.dumps(entry) + "\n")
+
+
+def test_a_second_run_in_one_output_dir_is_not_shown_with_the_first_runs_numbers(tmp_path):
+    """detectron2 overwrites config.yaml and appends to metrics.json: a second run that stops
+    before its evaluation must not show the first run's numbers under its own config."""
+    run = _write_run(tmp_path / "reused", EQLV2, {"bbox/AP": 24.0})
+    _append_metrics(run, {"iteration": 19, "total_loss": 2.0}, {"iteration": 39})
+    with pytest.raises(ValueError, match="holds 2 training runs.*own OUTPUT_DIR"):
+        main([run])
+    # the second run evaluates: its numbers, the ones config.yaml belongs to
+    _append_metrics(run, {"iteration": 59, "bbox/AP": 30.0})
+    rows = _markdown_rows(main([run, "--markdown"]))
+    assert rows[run][1] == "30.0 (24.2, +5.8)"
+
+
+def test_a_resumed_run_keeps_its_evaluation(tmp_path):
+    """A run resumed from its checkpoint continues after its first iterations: one run."""
+    run = _write_run(tmp_path / "resumed", EQLV2, {"bbox/AP": 24.0})  # evaluated at 59
+    _append_metrics(run, {"iteration": 49, "total_loss": 1.0}, {"iteration": 69})
+    rows = _markdown_rows(main([run, "--markdown"]))
+    assert rows[run][1] == "24.0 (24.2, -0.2)"
+
+
+def test_runs_of_one_recipe_are_one_line_with_mean_and_spread(tmp_path):
+    """DropLoss publishes means of 3 runs: 3 seeds of one recipe are one line."""
+    aps = (23.0, 23.6, 24.2)  # mean 23.6; sample sd sqrt((0.6^2 + 0 + 0.6^2) / 2) = 0.6
+    runs = [
+        _write_run(tmp_path / f"seed{seed}", EQLV2, {"bbox/AP": ap}, "SEED", seed)
+        for seed, ap in zip((1, 2, 3), aps)
+    ]
+    other = _write_run(tmp_path / "lr", EQLV2, {"bbox/AP": 20.0}, "SOLVER.BASE_LR", 0.01)
+    rows = _markdown_rows(main([*runs, other, "--markdown"]))
+    assert rows[f"{', '.join(runs)} (n = 3)"][:2] == [
+        "EQLv2 Table 1, (h) EQL v2",
+        "23.6 ± 0.6 (24.2, -0.6)",
+    ]
+    assert rows[other][1] == "20.0 (24.2, -4.2)"  # another schedule: its own line
+    assert len(rows) == 2
 
 
 def _fmt(v):
@@ -156,8 +302,14 @@ def test_two_instant_demo_runs(instant_cfg, tmp_path):
         trainer.train()
         results = evaluation_results(trainer)
         runs.append(cfg.OUTPUT_DIR)
-        expected[cfg.OUTPUT_DIR] = ["(no paper row)"] + [
-            _fmt(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "APr", "APc", "APf")
-        ]
+        expected[cfg.OUTPUT_DIR] = (
+            ["(no paper row)"]
+            + [
+                _fmt(results[task][m])
+                for task in ("bbox", "segm")
+                for m in ("AP", "APr", "APc", "APf")
+            ]
+            + [""]
+        )
     rows = _markdown_rows(main([*runs, "--markdown"]))
     assert rows == expected
