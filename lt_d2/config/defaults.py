@@ -164,6 +164,11 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.SCALE = 8.0
     # Prior probability of the classification bias initialisation ([EFL] sec. 4.1: 0.001).
     cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.PRIOR = 0.001
+    # The weighting factor gamma_j / gamma_b of eq. 4 (False: weight 1; [EFL] Table 3 "FF" only).
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.WEIGHTING_FACTOR = True
+    # The category-specific focusing factor gamma_j of eq. 3 (False: gamma_b for every category,
+    # the weight still gamma_j / gamma_b; [EFL] Table 3 "WF" only, sec. 4.3).
+    cfg.MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.FOCUSING_FACTOR = True
     # EQLv2Focal: EQL v2 reweighting on focal loss ([EFL] Table 1, "EQLv2&Focal").
     cfg.MODEL.DENSE_CLASSIFIER.EQLV2_FOCAL = CN()
     # Focal loss alpha_t of positives ([EFL] sec. 4.1: 0.25).

@@ -75,6 +75,10 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
         gamma_b: category-agnostic focusing factor (sec. 4.1: 2).
         s: scale of the category-specific part of the focusing factor (sec. 4.1: 8).
         prior: the classification bias starts at logit(prior) (sec. 4.1: 0.001).
+        weighting_factor: re-weight category j's loss by gamma_j / gamma_b (eq. 4); False:
+            weight 1 (Table 3, "FF" only).
+        focusing_factor: focus category j with gamma_j (eq. 3); False: gamma_b for every
+            category, the weight still gamma_j / gamma_b (Table 3, "WF" only, sec. 4.3).
     """
 
     @configurable
@@ -86,6 +90,8 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
         gamma_b: float = 2.0,
         s: float = 8.0,
         prior: float = 0.001,
+        weighting_factor: bool = True,
+        focusing_factor: bool = True,
     ):
         super().__init__(num_classes=num_classes)
         prior_bias(prior)  # validates
@@ -95,6 +101,8 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
         self.gamma_b = gamma_b
         self.s = s
         self.prior = prior
+        self.weighting_factor = weighting_factor
+        self.focusing_factor = focusing_factor
         # numerator and denominator of g_j, accumulated over iterations and workers
         self._init_accumulated_gradients(num_classes)
 
@@ -107,12 +115,20 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
             "gamma_b": node.GAMMA_B,
             "s": node.SCALE,
             "prior": node.PRIOR,
+            "weighting_factor": node.WEIGHTING_FACTOR,
+            "focusing_factor": node.FOCUSING_FACTOR,
         }
 
     def factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(C,) focusing factors gamma_j and (C,) weighting factors gamma_j / gamma_b for the
-        current state (float64, like the state)."""
-        return efl_factors(self.pos_grad, self.neg_grad, self.gamma_b, self.s)
+        current state (float64, like the state), each replaced by its constant (gamma_b, 1)
+        when switched off."""
+        gamma, weight = efl_factors(self.pos_grad, self.neg_grad, self.gamma_b, self.s)
+        if not self.focusing_factor:
+            gamma = torch.full_like(gamma, self.gamma_b)
+        if not self.weighting_factor:
+            weight = torch.ones_like(weight)
+        return gamma, weight
 
     def balance_weights(self) -> Dict[str, torch.Tensor]:
         gamma, weighting = self.factors()
