@@ -76,10 +76,17 @@ def test_integration_only_is_identity_plus_rescaled_average(refine):
         torch.testing.assert_close(out[name], expected[name])
 
 
+def test_non_local_block_starts_as_the_identity():
+    """The output projection starts at zero (mmdetection's NonLocal2d, zeros_init)."""
+    block = EmbeddedGaussianNonLocal(CH)
+    f = torch.randn(2, CH, 3, 2)
+    torch.testing.assert_close(block(f), f)
+
+
 def test_non_local_refinement_is_eq_4():
     torch.manual_seed(1)
     block = EmbeddedGaussianNonLocal(CH)
-    for conv in (block.theta, block.phi, block.g):  # non-trivial weights
+    for conv in (block.theta, block.phi, block.g, block.out):  # non-trivial weights
         torch.nn.init.normal_(conv.weight)
         torch.nn.init.normal_(conv.bias)
     f = torch.randn(1, CH, 3, 2)
@@ -93,7 +100,8 @@ def test_non_local_refinement_is_eq_4():
     for i in range(positions.shape[0]):
         weights = torch.exp(theta[i] @ phi.T)
         weights = weights / weights.sum()
-        expected[i] = (weights[:, None] * g).sum(0) + positions[i]
+        # W_out, the output projection of the authors' block, after the attention sum
+        expected[i] = conv1x1(block.out, (weights[:, None] * g).sum(0)) + positions[i]
     out = block(f)
     torch.testing.assert_close(out[0].reshape(CH, -1).T, expected, rtol=1e-4, atol=1e-5)
 

@@ -70,8 +70,11 @@ def rescale_feature(x: Tensor, size: Tuple[int, int]) -> Tensor:
 
 class EmbeddedGaussianNonLocal(nn.Module):
     """The refining step of BFP, eq. (4):
-    ``f'_i = sum_j softmax_j(theta(f_i)^T phi(f_j)) g(f_j) + f_i``, with theta, phi and g
-    1x1 convolutions (Ch -> Ch) as the equation states it (no extra output projection).
+    ``f'_i = W_out(sum_j softmax_j(theta(f_i)^T phi(f_j)) g(f_j)) + f_i``, with theta, phi, g
+    and W_out 1x1 convolutions (Ch -> Ch). Eq. (4) prints no W_out; the authors' block
+    (mmdetection's NonLocal2d as BFP builds it: reduction 1, no 1/sqrt(Ch) scaling) has this
+    output projection, initialised to zero, so the block starts as the identity and the
+    refinement is learned from there.
 
     Args:
         channels: Ch, the number of input (and output) channels.
@@ -82,9 +85,12 @@ class EmbeddedGaussianNonLocal(nn.Module):
         self.theta = Conv2d(channels, channels, kernel_size=1)
         self.phi = Conv2d(channels, channels, kernel_size=1)
         self.g = Conv2d(channels, channels, kernel_size=1)
+        self.out = Conv2d(channels, channels, kernel_size=1)
         for conv in (self.theta, self.phi, self.g):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, f: Tensor) -> Tensor:
         """Args: f: (N, Ch, H, W). Returns: (N, Ch, H, W)."""
@@ -95,7 +101,7 @@ class EmbeddedGaussianNonLocal(nn.Module):
         # affinity[n, i, j] = softmax over j of theta_i . phi_j
         affinity = torch.softmax(torch.bmm(theta.transpose(1, 2), phi), dim=-1)
         attended = torch.bmm(g, affinity.transpose(1, 2))  # (N, Ch, HW): sum_j a_ij g_j
-        return attended.reshape(n, c, h, w) + f
+        return self.out(attended.reshape(n, c, h, w)) + f
 
 
 class BalancedFeaturePyramid(Backbone):
