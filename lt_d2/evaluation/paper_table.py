@@ -40,6 +40,7 @@ paths may differ) are shown on one line as mean +- sample standard deviation ove
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -290,6 +291,12 @@ def _start_dir(weights: str) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _record_config(path: str, mtime_ns: int) -> Dict[str, object]:
+    """A config of the record, merged once per process (and again when the file changes)."""
+    return load_config(path, strict=True).values
+
+
 Candidate = Tuple[dict, str, Dict[str, object]]  # (row, config file, merged config)
 
 
@@ -314,7 +321,7 @@ class _Matcher:
                     f"{path} (a config of the paper record) not found: pass --repo-root, the "
                     f"lt_d2 checkout holding configs/"
                 )
-            self._merged[config_file] = load_config(path, strict=True).values
+            self._merged[config_file] = _record_config(path, os.stat(path).st_mtime_ns)
         return self._merged[config_file]
 
     def recipe_of(self, run: RunResult) -> Optional[str]:

@@ -55,6 +55,13 @@ def test_record_rows_name_existing_configs_and_published_metrics():
             assert os.path.isfile(os.path.join(REPO, config_file)), config_file
         values = [v for task in ("bbox", "segm") for v in row.get(task, {}).values()]
         assert values and all(0.0 <= v <= 100.0 for v in values), row
+    # each row's configs train and test on the dataset the row names
+    datasets = {"LVIS v0.5": "lvis_v0.5_val", "LVIS v1.0": "lvis_v1_val", "1203": "lvis_v1_val"}
+    for row in record["rows"]:
+        wanted = [d for key, d in datasets.items() if key in row["dataset"]] or ["coco_2017_val"]
+        for config_file in row["configs"] + [row.get("starts_from") or row["configs"][0]]:
+            cfg = load_config(os.path.join(REPO, config_file))
+            assert list(cfg.DATASETS.TEST) == wanted[:1], (row["row"], config_file)
     by_config = {c: r for r in record["rows"] for c in r["configs"]}
     # spot checks against the papers' tables, read by hand
     eqlv2 = by_config["configs/eqlv2/eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml"]
