@@ -15,8 +15,8 @@ compared key by key, in four kinds of keys:
 
 - the run's environment (:data:`RUN_ENVIRONMENT_KEYS`: paths, workers, seeds, logging and
   evaluation periods, diagnostics) is left out;
-- the schedule, precision and starting weights (:data:`REPORTED_KEYS`), which users scale to
-  their machines, are reported beside the numbers with both values, and do not decide the row;
+- the schedule, precision, starting weights and pre-computed proposals (:data:`REPORTED_KEYS`)
+  are reported beside the numbers with both values, and do not decide the row;
 - keys that only one side knows (a run written under another detectron2 or lt_d2 version) are
   not compared, and are listed;
 - every other key must be equal: a run whose recipe differs in one of them has no paper row,
@@ -84,9 +84,14 @@ RUN_ENVIRONMENT_KEYS = (
 )
 # Keys whose difference is reported beside the numbers and does not decide the row: the
 # schedule (users scale batch, LR, iterations, steps and warm-up to their machines), mixed
-# precision and the starting weights (traced to their run when they are another run's model).
+# precision, the starting weights (traced to their run when they are another run's model) and
+# pre-computed proposals (the protocol of [Libra]'s ablations, docs/reproduction.md).
 REPORTED_KEYS = (
     "MODEL.WEIGHTS",
+    "MODEL.LOAD_PROPOSALS",
+    "MODEL.PROPOSAL_GENERATOR.NAME",
+    "DATASETS.PROPOSAL_FILES_TRAIN",
+    "DATASETS.PROPOSAL_FILES_TEST",
     "SOLVER.IMS_PER_BATCH",
     "SOLVER.BASE_LR",
     "SOLVER.MAX_ITER",

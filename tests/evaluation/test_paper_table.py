@@ -169,6 +169,29 @@ def test_learning_rate_and_warm_up_are_reported_beside_the_numbers(tmp_path):
     assert rows[runs[1]][-1] == f"SOLVER.WARMUP_ITERS = 1000 (config: {warmup})"
 
 
+def test_precomputed_proposals_are_reported_beside_the_numbers(tmp_path):
+    """Libra R-CNN's ablations run on pre-computed proposals: such a run keeps its row."""
+    ibs = os.path.join(REPO, "configs", "libra", "libra-ibs_faster_rcnn_R_50_FPN_1x_coco.yaml")
+    run = _write_run(
+        tmp_path / "ibs",
+        ibs,
+        {"bbox/AP": 36.5},
+        "MODEL.LOAD_PROPOSALS",
+        True,
+        "MODEL.PROPOSAL_GENERATOR.NAME",
+        "PrecomputedProposals",
+        "DATASETS.PROPOSAL_FILES_TRAIN",
+        "('rpn/box_proposals_train.pkl',)",
+    )  # fmt: skip
+    rows = _markdown_rows(main([run, "--markdown"]))
+    assert rows[run][:2] == ["Libra Table 3, row 2: + IoU-balanced sampling", "36.5 (36.8, -0.3)"]
+    assert rows[run][-1].split("; ") == [
+        "DATASETS.PROPOSAL_FILES_TRAIN = ['rpn/box_proposals_train.pkl'] (config: [])",
+        "MODEL.LOAD_PROPOSALS = True (config: False)",
+        "MODEL.PROPOSAL_GENERATOR.NAME = 'PrecomputedProposals' (config: 'RPN')",
+    ]
+
+
 def _stage_one(path, config_file, ap):
     """A finished first-stage run with its final model file."""
     run = _write_run(path, config_file, {"bbox/AP": ap})
