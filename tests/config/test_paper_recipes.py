@@ -101,3 +101,15 @@ def test_second_stages_start_from_no_weights_of_their_own(path):
     cfg = load_config(path)
     if cfg.MODEL.DECOUPLE.ENABLED:
         assert cfg.MODEL.WEIGHTS == ""
+
+
+def test_bags_rfs_trains_as_long_as_the_paper_says():
+    # [BAGS] sec. 5.2: "RFS increases the training time cost by 1.7x" (model (4) vs (1))
+    plain, rfs = (
+        load_config(
+            os.path.join(REPO, f"configs/bags/{name}_faster_rcnn_R_50_FPN_1x_lvis_v0.5.yaml")
+        )
+        for name in ("softmax", "softmax_rfs")
+    )
+    assert rfs.SOLVER.MAX_ITER == round(1.7 * plain.SOLVER.MAX_ITER)
+    _epochs(rfs, (8, 11, 12))
