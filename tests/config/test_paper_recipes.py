@@ -3,7 +3,10 @@ every remaining difference): each expected value below is quoted from the paper 
 configuration it names."""
 
 import glob
+import json
+import math
 import os
+import random
 
 import pytest
 
@@ -113,3 +116,29 @@ def test_bags_rfs_trains_as_long_as_the_paper_says():
     )
     assert rfs.SOLVER.MAX_ITER == round(1.7 * plain.SOLVER.MAX_ITER)
     _epochs(rfs, (8, 11, 12))
+
+
+def test_rfs_epoch_is_derived_from_lvis_v1_counts():
+    """docs/reproduction.md, "Epochs under RFS": an epoch of the authors' repeat-factor-sampled
+    LVIS v1 (each image ceil(r(I)) times, r(I) = max over its categories of
+    max(1, sqrt(t / f_c))) estimated by drawing each category's images independently."""
+    with open(os.path.join(REPO, "datasets", "lvis_v1_train_category_counts.json")) as f:
+        data = json.load(f)
+    n, t = data["num_images"], 0.001
+    factors = [(c["image_count"], math.sqrt(t * n / c["image_count"])) for c in data["categories"]]
+    factors = [(count, r) for count, r in factors if r > 1]
+    bound = n + sum(count * (math.ceil(r) - 1) for count, r in factors)  # no two in one image
+    rng = random.Random(0)
+    per_image = [1.0] * n
+    for count, r in factors:
+        for i in rng.sample(range(n), count):
+            per_image[i] = max(per_image[i], r)
+    estimate = sum(math.ceil(r) for r in per_image)
+    per_epoch = (
+        load_config(
+            os.path.join(REPO, "configs/eqlv2/softmax_rfs_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml")
+        ).SOLVER.MAX_ITER
+        / 12
+    )
+    assert n / 16 < per_epoch <= bound / 16
+    assert per_epoch == pytest.approx(estimate / 16, abs=5)
