@@ -142,3 +142,12 @@ def test_rfs_epoch_is_derived_from_lvis_v1_counts():
     )
     assert n / 16 < per_epoch <= bound / 16
     assert per_epoch == pytest.approx(estimate / 16, abs=5)
+
+
+def test_eqlv2_3x_is_36_epochs():
+    # [EQLv2] Table 3: "totally 36 epochs ... divided by 10 at the 28th epoch and 34th epoch"
+    one = load_config(os.path.join(REPO, "configs/eqlv2/eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml"))
+    for path in _configs("eqlv2", "*_3x_lvis_v1.yaml"):
+        three = load_config(path)
+        assert three.SOLVER.MAX_ITER == 3 * one.SOLVER.MAX_ITER, path
+        _epochs(three, (28, 34, 36))
