@@ -80,13 +80,21 @@ def test_repeat_factor_sampled_schedules_count_epochs_of_the_repeated_set():
     assert rfs > plain.SOLVER.MAX_ITER / 12
 
 
-def test_eqlv2_2x_is_twice_the_1x_schedule():
+@pytest.mark.parametrize(
+    "schedule, epochs",
+    [
+        ("2x", (16, 22, 24)),  # [EQLv2] Table 5, "a standard 2x schedule" (mmdetection's)
+        ("3x", (28, 34, 36)),  # Table 3: "divided by 10 at the 28th epoch and 34th epoch"
+    ],
+)
+def test_eqlv2_longer_schedules_count_table_1_epochs(schedule, epochs):
     one = load_config(os.path.join(REPO, "configs/eqlv2/eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml"))
-    for path in _configs("eqlv2", "*_2x_lvis_v1.yaml"):
-        two = load_config(path)
-        assert two.SOLVER.MAX_ITER == 2 * one.SOLVER.MAX_ITER, path
-        # mmdetection's 2x: LR / 10 after epochs 16 and 22 of 24
-        _epochs(two, (16, 22, 24))
+    paths = _configs("eqlv2", f"*_{schedule}_lvis_v1.yaml")
+    assert paths
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.SOLVER.MAX_ITER == one.SOLVER.MAX_ITER / 12 * epochs[-1], path
+        _epochs(cfg, epochs)
 
 
 @pytest.mark.parametrize(
@@ -142,12 +150,3 @@ def test_rfs_epoch_is_derived_from_lvis_v1_counts():
     )
     assert n / 16 < per_epoch <= bound / 16
     assert per_epoch == pytest.approx(estimate / 16, abs=5)
-
-
-def test_eqlv2_3x_is_36_epochs():
-    # [EQLv2] Table 3: "totally 36 epochs ... divided by 10 at the 28th epoch and 34th epoch"
-    one = load_config(os.path.join(REPO, "configs/eqlv2/eqlv2_mask_rcnn_R_50_FPN_1x_lvis_v1.yaml"))
-    for path in _configs("eqlv2", "*_3x_lvis_v1.yaml"):
-        three = load_config(path)
-        assert three.SOLVER.MAX_ITER == 3 * one.SOLVER.MAX_ITER, path
-        _epochs(three, (28, 34, 36))
