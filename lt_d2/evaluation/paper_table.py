@@ -56,7 +56,7 @@ __all__ = [
     "RunResult",
     "load_paper_results",
     "flatten",
-    "load_config",
+    "read_config",
     "read_run",
     "match_runs",
     "format_table",
@@ -149,11 +149,11 @@ class LoadedConfig:
     ``cfg.dump()`` writes them), with the keys only one side knows."""
 
     values: Dict[str, object]
-    unknown: List[str]  # keys of the file this installation does not have
-    absent: List[str]  # keys of this installation the file does not set
+    unknown: List[str]  # keys of the file this installation lacks or types otherwise
+    absent: List[str]  # keys of this installation the file does not set (or set otherwise)
 
 
-def load_config(path: str, strict: bool = False) -> LoadedConfig:
+def read_config(path: str, strict: bool = False) -> LoadedConfig:
     """``path`` (with its ``_BASE_`` files) merged over ``get_cfg()`` + ``add_lt_config``.
 
     A key this installation does not have (a config.yaml written under another detectron2 or
@@ -191,7 +191,8 @@ def load_config(path: str, strict: bool = False) -> LoadedConfig:
             f"another type): check their spelling against lt_d2/config/defaults.py"
         )
     values = flatten(yaml.safe_load(cfg.dump()))
-    absent = sorted(k for k in installed if k not in loaded)
+    merged = set(loaded) - set(unknown)
+    absent = sorted(k for k in installed if k not in merged)
     return LoadedConfig(values=values, unknown=sorted(unknown), absent=absent)
 
 
@@ -269,7 +270,7 @@ def read_run(output_dir: str) -> RunResult:
                 f"{p} not found: pass the OUTPUT_DIR of a train_net.py run (it writes "
                 f"config.yaml at start and metrics.json with the final evaluation)"
             )
-    config = load_config(paths[0])
+    config = read_config(paths[0])
     metrics, n_runs = _final_metrics(paths[1], config.values.get("DATASETS.TEST") or [""])
     run = RunResult(output_dir, config.values, metrics, config.unknown, config.absent)
     if n_runs > 1:
@@ -299,7 +300,7 @@ def _start_dir(weights: str) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _record_config(path: str, mtime_ns: int) -> Dict[str, object]:
     """A config of the record, merged once per process (and again when the file changes)."""
-    return load_config(path, strict=True).values
+    return read_config(path, strict=True).values
 
 
 Candidate = Tuple[dict, str, Dict[str, object]]  # (row, config file, merged config)
@@ -343,7 +344,7 @@ class _Matcher:
         if folder is None:
             return None
         if folder not in self._starts:
-            loaded = load_config(os.path.join(folder, "config.yaml"))
+            loaded = read_config(os.path.join(folder, "config.yaml"))
             self._starts[folder] = RunResult(folder, loaded.values, {}, absent=loaded.absent)
             self._starts[folder].config_file = self.recipe_of(self._starts[folder])
         return self._starts[folder]
@@ -407,7 +408,7 @@ def match_runs(runs: Sequence[RunResult], record: dict, repo_root: str) -> None:
                 + "; ".join(
                     f"{what}: {', '.join(keys)}"
                     for what, keys in (
-                        ("only in the run", run.unknown),
+                        ("the run's, unknown here or typed otherwise", run.unknown),
                         ("not in the run", run.absent),
                     )
                     if keys

@@ -153,7 +153,7 @@ def test_a_run_written_with_old_keys_matches_its_config_row(tmp_path):
     assert OLD_SCALE in run.unknown and NEW_SCALE in run.absent
     table = main([str(tmp_path)])
     assert "EFL Table 6, RetinaNet + EFL" in table
-    assert f"only in the run: {', '.join(run.unknown)}; not in the run:" in table
+    assert f"typed otherwise: {', '.join(run.unknown)}; not in the run:" in table
 
 
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))

@@ -239,7 +239,8 @@ def _edit_config(run, edit):
 
 def test_keys_of_another_version_are_listed_not_compared(tmp_path):
     """A config.yaml written under detectron2 main (keys v0.6 lacks) with mixed precision, and
-    one written by an lt_d2 without a key: both keep their row."""
+    one written by an lt_d2 without a key and with another type of one (a value this version
+    cannot take, here a string for a float): both keep their row."""
 
     def newer(config):
         config["DATALOADER"]["REPEAT_SQRT"] = True
@@ -248,6 +249,7 @@ def test_keys_of_another_version_are_listed_not_compared(tmp_path):
 
     def older(config):
         del config["MODEL"]["CLASSIFIER"]["EQLV2"]["GAMMA"]
+        config["MODEL"]["CLASSIFIER"]["EQLV2"]["MU"] = "high"
 
     runs = [_write_run(tmp_path / name, EQLV2, {"bbox/AP": 24.0}) for name in ("newer", "older")]
     _edit_config(runs[0], newer)
@@ -258,12 +260,13 @@ def test_keys_of_another_version_are_listed_not_compared(tmp_path):
     assert rows[runs[0]][-1] == "SOLVER.AMP.ENABLED = True (config: False)"
     assert rows[runs[1]][-1] == ""
     assert (
-        f"- {runs[0]}: keys of another detectron2 / lt_d2 version, not compared: only in the "
-        "run: DATALOADER.REPEAT_SQRT, FLOAT32_PRECISION"
+        f"- {runs[0]}: keys of another detectron2 / lt_d2 version, not compared: the run's, "
+        "unknown here or typed otherwise: DATALOADER.REPEAT_SQRT, FLOAT32_PRECISION"
     ) in table
     assert (
-        f"- {runs[1]}: keys of another detectron2 / lt_d2 version, not compared: not in the "
-        "run: MODEL.CLASSIFIER.EQLV2.GAMMA"
+        f"- {runs[1]}: keys of another detectron2 / lt_d2 version, not compared: the run's, "
+        "unknown here or typed otherwise: MODEL.CLASSIFIER.EQLV2.MU; not in the run: "
+        "MODEL.CLASSIFIER.EQLV2.GAMMA, MODEL.CLASSIFIER.EQLV2.MU"
     ) in table
 
 
