@@ -61,6 +61,7 @@ def _check_image_files(dataset_dicts: Iterable[dict], dataset_names: Sequence[st
             f"missing, e.g. {missing[:3]}: check the image folder and DETECTRON2_DATASETS "
             f"(datasets/README.md describes the layout)"
         )
+    logger.info("Images of %s: all %d files exist", _where(dataset_names), total)
 
 
 def check_test_datasets(test_names: Sequence[str], train_names: Sequence[str]) -> None:
