@@ -95,10 +95,25 @@ def test_two_machines_of_two_processes_share_one_cache(tmp_path):
     url = f"tcp://127.0.0.1:{free_port()}"
     machines = [
         _start(
-            "dump_state_train_net.py", EQLV2_DEMO,
-            "--num-gpus", "2", "--num-machines", "2", "--machine-rank", str(m), "--dist-url", url,
-            *TINY, "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
-            "DATASETS.CATEGORY_STATS_CACHE_DIR", cache, "OUTPUT_DIR", out,
+            "dump_state_train_net.py",
+            EQLV2_DEMO,
+            "--num-gpus",
+            "2",
+            "--num-machines",
+            "2",
+            "--machine-rank",
+            str(m),
+            "--dist-url",
+            url,
+            *TINY,
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "SOLVER.MAX_ITER",
+            "3",
+            "DATASETS.CATEGORY_STATS_CACHE_DIR",
+            cache,
+            "OUTPUT_DIR",
+            out,
         )  # fmt: skip
         for m in range(2)
     ]
