@@ -7,11 +7,12 @@ classes and SCORE_THRESH_TEST 0.0 (the EFL configs), detectron2's against lt_d2'
 
 The inputs are RetinaNet's on P3-P7 (strides 8-128, 9 anchors per location): random scores
 in (0, 1), so a threshold of 0.0 keeps every one, as a sigmoid does; each level's best 2000
-are distinct (with ties, the two decodings may keep different anchors of equal score). Each decoding runs in a
-fresh interpreter (so that peak memory is its own): ``RetinaNet.inference_single_image`` of an
-LTRetinaNet with detectron2's per-level decoding (``DenseDetector.
-_decode_per_level_predictions``: threshold, then top-k) and with lt_d2's (top-k, then
-threshold). Printed: wall time and peak resident memory above the inputs (``ru_maxrss``),
+are distinct (with ties, the two decodings may keep different anchors of equal score). Each
+decoding runs in a fresh interpreter (so that peak memory is its own):
+``RetinaNet.inference_single_image`` of an LTRetinaNet with detectron2's per-level decoding
+(``DenseDetector._decode_per_level_predictions``: threshold, then top-k) and with lt_d2's
+(top-k, then threshold). Printed: wall time and peak resident memory above the inputs (Linux: the
+process's VmHWM, reset through /proc/self/clear_refs just before the decoding),
 lt_d2's as a ratio of detectron2's, and whether the detections are identical.
 """
 
@@ -24,7 +25,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _RUN = r"""
-import json, math, resource, sys, time
+import json, math, sys, time
 import torch
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -44,19 +45,25 @@ for stride in (8, 16, 32, 64, 128):
     n = math.ceil(height / stride) * math.ceil(width / stride) * 9
     xy = torch.rand(n, 2) * torch.tensor([width, height])
     anchors.append(Boxes(torch.cat([xy, xy + stride * 4], 1)))
-    level = torch.rand(n, classes) * 0.9
+    level = torch.rand(n, classes).mul_(0.9)
     # the best 2000 scores of each level distinct (float32 rand repeats values among ~1e8):
     # ties would let the two decodings pick different, equally scored anchors
     planted = torch.randperm(n * classes)[:2000]
     level.view(-1)[planted] = 0.9 + 0.05 * torch.randperm(2000).float() / 2000
     scores.append(level)
     deltas.append(torch.randn(n, 4) * 0.1)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+base = status_kib("VmRSS")
 start = time.perf_counter()
 with torch.no_grad():
     result = model.inference_single_image(anchors, scores, deltas, (height, width))
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kib("VmHWM")
 print(json.dumps({{
     "seconds": seconds,
     "peak_mib": (peak - base) / 1024,
