@@ -225,20 +225,21 @@ class CategoryStats:
         source = annotation_file_digest(json_file) if cache else None
         if cache and os.path.isfile(cache):
             cached = _read_json(cache)
-            if cached.get("source") == source:
+            cached_source = cached.pop("source", None)
+            if cached_source == source:
                 logger.info(
                     "Category statistics of '%s': %s (computed from %s)",
                     dataset_name,
                     cache,
                     _describe(source),
                 )
-                return cls.load(cache)
+                return cls(**cached)
             logger.warning(
                 "Category statistics of '%s': the cache %s was computed from %s, the dataset's "
                 "file %s is now %s; recomputing it",
                 dataset_name,
                 cache,
-                _describe(cached.get("source")),
+                _describe(cached_source),
                 json_file,
                 _describe(source),
             )
