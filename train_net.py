@@ -41,7 +41,8 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = LTTrainer.test(cfg, model)
-        verify_results(cfg, results)
+        if comm.is_main_process():  # the other processes' results are empty
+            verify_results(cfg, results)
         return results
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

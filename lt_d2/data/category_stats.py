@@ -11,13 +11,18 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .json_stream import read_top_level
+from .once import run_once
+
 __all__ = [
     "CategoryStats",
+    "annotation_file_digest",
     "category_stats_from_cfg",
     "instance_groups",
     "LVIS_FREQUENCY_BOUNDS",
@@ -167,16 +172,17 @@ class CategoryStats:
         contiguous ids in that order (as detectron2's ``load_lvis_json`` does). The number of
         training images is the length of ``images``, or, for a file that holds only the
         categories' counts (``datasets/lvis_v1_train_category_counts.json``), its
-        ``num_images``.
+        ``num_images``. The file is read as a stream
+        (:func:`~lt_d2.data.json_stream.read_top_level`): the annotations pass through one at
+        a time, so the memory needed is that of the categories, not of the file.
         """
-        with open(json_file) as f:
-            data = json.load(f)
+        data = read_top_level(json_file, decode=("categories", "num_images"), count=("images",))
         try:
             cats = sorted(data["categories"], key=lambda c: c["id"])
             return cls(
                 instance_counts=[c["instance_count"] for c in cats],
                 image_counts=[c["image_count"] for c in cats],
-                num_images=data["num_images"] if "images" not in data else len(data["images"]),
+                num_images=data["images"] if "images" in data else data["num_images"],
                 names=[c["name"] for c in cats],
                 frequency=[c["frequency"] for c in cats],
             )
@@ -189,43 +195,52 @@ class CategoryStats:
 
     @classmethod
     def from_dataset(cls, dataset_name: str, cache_dir: str = "") -> "CategoryStats":
-        """Statistics of a dataset registered in detectron2, cached as JSON.
+        """Statistics of a dataset registered in detectron2.
 
         LVIS-format datasets (metadata ``json_file`` whose categories carry counts) are read
-        from their annotation file; any other registered dataset is counted from its dataset
-        dicts. With ``cache_dir`` the result is written to / read from
-        ``<cache_dir>/<dataset_name>.category_stats.json``, together with its source (the
-        annotation file's path, size and modification time, or a fingerprint of the dataset
-        dicts, see :func:`dataset_source`); a cache whose source differs from the dataset's
-        now is recomputed, with a log line. Where the statistics came from is logged.
+        from their annotation file as a stream (:meth:`from_lvis_json`); any other registered
+        dataset is counted from its dataset dicts. With ``cache_dir``, the statistics of a
+        dataset with an annotation file are written to / read from
+        ``<cache_dir>/<dataset_name>.category_stats.json`` together with the SHA-1 of that
+        file's bytes (:func:`annotation_file_digest`): a cache is reused by any copy of the
+        same file, on any machine, and recomputed, with a log line, when the file's content
+        differs. The cache is written atomically (a temporary file renamed into place), so a
+        reader never sees half of it. A dataset without an annotation file is counted from its
+        dicts every time (its content is only known by loading them). Where the statistics
+        came from is logged.
         """
         from detectron2.data import DatasetCatalog, MetadataCatalog
 
-        cache = os.path.join(cache_dir, f"{dataset_name}.category_stats.json") if cache_dir else ""
         meta = MetadataCatalog.get(dataset_name)
         json_file = meta.get("json_file", None)
         if json_file and not os.path.isfile(json_file):
             # datasets prepared on first load (the demo) write their file in the loader;
             # a file that is really missing fails there, naming the file
             DatasetCatalog.get(dataset_name)
-        source = dataset_source(dataset_name)
+        cache = (
+            os.path.join(cache_dir, f"{dataset_name}.category_stats.json")
+            if cache_dir and json_file
+            else ""
+        )
+        source = annotation_file_digest(json_file) if cache else None
         if cache and os.path.isfile(cache):
-            with open(cache) as f:
-                cached = json.load(f)
-            if cached.get("source") == source:
+            cached = _read_json(cache)
+            cached_source = cached.pop("source", None)
+            if cached_source == source:
                 logger.info(
                     "Category statistics of '%s': %s (computed from %s)",
                     dataset_name,
                     cache,
                     _describe(source),
                 )
-                return cls.load(cache)
+                return cls(**cached)
             logger.warning(
-                "Category statistics of '%s': the cache %s was computed from %s, the dataset "
-                "is now %s; recomputing it",
+                "Category statistics of '%s': the cache %s was computed from %s, the dataset's "
+                "file %s is now %s; recomputing it",
                 dataset_name,
                 cache,
-                _describe(cached.get("source")),
+                _describe(cached_source),
+                json_file,
                 _describe(source),
             )
         stats = None
@@ -258,6 +273,7 @@ class CategoryStats:
         )
         if cache:
             stats.save(cache, source=source)
+            logger.info("Category statistics of '%s': wrote the cache %s", dataset_name, cache)
         return stats
 
     @classmethod
@@ -285,17 +301,35 @@ class CategoryStats:
         }
 
     def save(self, path: str, source: Optional[dict] = None) -> None:
-        """Write the statistics (and ``source``, what they were computed from) as JSON."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(dict(self.to_dict(), source=source), f)
+        """Write the statistics (and ``source``, what they were computed from) as JSON,
+        atomically: to a temporary file in the same folder, then renamed to ``path``."""
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(dict(self.to_dict(), source=source), f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str) -> "CategoryStats":
-        with open(path) as f:
-            data = json.load(f)
+        data = _read_json(path)
         data.pop("source", None)
         return cls(**data)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"the category statistics cache {path} is not valid JSON ({e}): delete it, it is "
+            f"recomputed on the next run"
+        ) from e
 
 
 def instance_groups(instance_counts, bounds: Sequence[int] = BAGS_GROUP_BOUNDS) -> np.ndarray:
@@ -308,61 +342,54 @@ def instance_groups(instance_counts, bounds: Sequence[int] = BAGS_GROUP_BOUNDS) 
     return np.searchsorted(np.asarray(bounds[1:]), np.asarray(instance_counts), side="right")
 
 
-def dataset_source(dataset_name: str) -> dict:
-    """What a registered dataset's statistics are computed from, to key their cache.
-
-    A dataset with an annotation file (metadata ``json_file``): its absolute path, size and
-    modification time (cheap to check on every run). Otherwise a SHA-1 of every image's file
-    name and annotation category ids (the dataset dicts are loaded for it).
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
-    if json_file and os.path.isfile(json_file):
-        st = os.stat(json_file)
-        return {
-            "json_file": os.path.abspath(json_file),
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-        }
+def annotation_file_digest(json_file: str) -> dict:
+    """What statistics computed from ``json_file`` depend on: the SHA-1 of its bytes (read in
+    chunks; about a second per GB) and its size. Two copies of one file agree wherever they
+    are, whatever their path or modification time."""
     digest = hashlib.sha1()
-    for record in DatasetCatalog.get(dataset_name):
-        ids = [a.get("category_id") for a in record.get("annotations", [])]
-        digest.update(json.dumps([record.get("file_name"), ids]).encode())
-    return {"dataset_dicts_sha1": digest.hexdigest()}
+    with open(json_file, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 24), b""):
+            digest.update(block)
+    return {"sha1": digest.hexdigest(), "size": os.path.getsize(json_file)}
 
 
 def _describe(source: Optional[dict]) -> str:
-    if not source:
-        return "an unrecorded source (a cache written by an older lt_d2)"
-    if "json_file" in source:
-        return f"{source['json_file']} ({source['size']} bytes, mtime_ns {source['mtime_ns']})"
-    return f"dataset dicts with fingerprint {source['dataset_dicts_sha1']}"
+    if not source or "sha1" not in source:
+        return "an unrecorded source (a cache written by another lt_d2 version)"
+    return f"a file of {source['size']} bytes with SHA-1 {source['sha1']}"
 
 
 @functools.lru_cache(maxsize=8)
 def _stats_of_datasets(names: tuple, cache_dir: str, files: tuple) -> CategoryStats:
-    del files  # part of the memo key only: a changed annotation file is read again
+    del files  # part of this process's memo key only: a changed annotation file is read again
     return CategoryStats.merge([CategoryStats.from_dataset(n, cache_dir) for n in names])
 
 
 def category_stats_from_cfg(cfg) -> CategoryStats:
-    """CategoryStats of ``cfg.DATASETS.TRAIN`` (merged), computed once per process.
+    """CategoryStats of ``cfg.DATASETS.TRAIN`` (merged), computed once per job.
 
-    Cached as JSON in ``DATASETS.CATEGORY_STATS_CACHE_DIR`` (or ``OUTPUT_DIR`` when empty).
+    In a distributed job this is a collective (every process must call it): global rank 0
+    computes the statistics and the others receive them (:func:`~lt_d2.data.once.run_once`),
+    so every process trains with the same statistics and only rank 0 reads the annotation
+    files and writes the cache. Cached as JSON in ``DATASETS.CATEGORY_STATS_CACHE_DIR`` (or
+    ``OUTPUT_DIR`` when empty); see :meth:`CategoryStats.from_dataset`.
     """
     if not cfg.DATASETS.TRAIN:
         raise ValueError("DATASETS.TRAIN is empty: category statistics need a training set")
     cache_dir = cfg.DATASETS.CATEGORY_STATS_CACHE_DIR or cfg.OUTPUT_DIR
-    return _stats_of_datasets(tuple(cfg.DATASETS.TRAIN), cache_dir, _annotation_files(cfg))
+    names = tuple(cfg.DATASETS.TRAIN)
+    return run_once(
+        lambda: _stats_of_datasets(names, cache_dir, _annotation_files(names)),
+        what=f"computing the category statistics of DATASETS.TRAIN {list(names)}",
+    )
 
 
-def _annotation_files(cfg) -> tuple:
+def _annotation_files(names: tuple) -> tuple:
     """(path, size, mtime) of each training set's annotation file that exists now."""
     from detectron2.data import MetadataCatalog
 
     found = []
-    for name in cfg.DATASETS.TRAIN:
+    for name in names:
         path = MetadataCatalog.get(name).get("json_file", None)
         if path and os.path.isfile(path):
             st = os.stat(path)

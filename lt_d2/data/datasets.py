@@ -22,6 +22,7 @@ from .demo_dataset import (
     demo_json_path,
     ensure_demo_dataset,
 )
+from .json_stream import read_top_level
 
 __all__ = ["register_lvis_format", "register_demo_datasets", "read_lvis_json"]
 
@@ -142,11 +143,11 @@ def register_lvis_format(
     Each image's file is ``image_root/<folder>/<file>`` from the last two segments of its
     ``coco_url`` (as for real LVIS, where the folder is train2017 / val2017). Metadata:
     ``json_file``, ``image_root``, ``evaluator_type="lvis"``, and from the json's categories
-    ``thing_classes`` and ``class_image_count`` (read now when the file exists, else when the
-    dataset is first loaded; a malformed file is reported then). ``prepare`` is called
-    before every load (the demo generates its files there). Registering the same name with
-    the same files again does nothing; with other files it replaces the earlier registration
-    (with a warning).
+    ``thing_classes`` and ``class_image_count`` (read now, from the categories only, when the
+    file exists, else when the dataset is first loaded; a malformed file is reported then).
+    ``prepare`` is called before every load (the demo generates its files there). Registering
+    the same name with the same files again does nothing; with other files it replaces the
+    earlier registration (with a warning).
     """
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
@@ -158,10 +159,19 @@ def register_lvis_format(
     DatasetCatalog.register(name, lambda: _load(name, json_file, image_root, prepare))
     meta = {"json_file": json_file, "image_root": image_root, "evaluator_type": "lvis"}
     if os.path.isfile(json_file):
+        # Registration runs on import, in every process of a job: only the categories are
+        # read, as a stream; the whole file is validated on its first load.
         try:
-            meta.update(_metadata_from_json(read_lvis_json(json_file)))
-        except ValueError as e:  # registration runs on import: report, fail on first load
-            logger.warning("%s (dataset '%s' will fail to load until this is fixed)", e, name)
+            found = read_top_level(json_file, decode=("categories",))
+            meta.update(_metadata_from_json(found))
+        except (ValueError, KeyError, TypeError) as e:  # report now, fail on first load
+            logger.warning(
+                "%s: cannot read its categories (%r); dataset '%s' will fail to load until "
+                "this is fixed",
+                json_file,
+                e,
+                name,
+            )
     MetadataCatalog.get(name).set(**meta)
 
 

@@ -8,7 +8,6 @@ Usage::
 """
 
 import argparse
-import json
 import os
 from typing import List, Optional, Sequence
 
@@ -88,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.json is not None:
         try:
             stats = CategoryStats.from_lvis_json(args.json)
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: damaged JSON or counts missing
             raise SystemExit(
                 f"cannot read the LVIS annotation file {args.json}: {e}; check the path "
                 f"(datasets/README.md describes the layout)"

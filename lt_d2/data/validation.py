@@ -8,6 +8,11 @@ whole training, for a test set).
   validates, :func:`lt_d2.data.read_lvis_json` for LVIS-format ones), has the training set's
   categories, and its images exist.
 
+Both run once per machine in a distributed job (collectives: every process calls them; the
+first process of each machine checks what that machine reads and the others wait for its
+verdict, :func:`lt_d2.data.once.run_once`), so 16 processes on 2 machines load each test set
+and ``stat()`` each image twice, not 16 times.
+
 Annotation category ids outside the categories are refused where an LVIS-format file is read
 (:func:`lt_d2.data.read_lvis_json`).
 """
@@ -17,6 +22,8 @@ import os
 from typing import Iterable, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .once import run_once
 
 __all__ = ["check_image_files", "check_test_datasets"]
 
@@ -30,7 +37,18 @@ def _where(names: Sequence[str]) -> str:
 
 def check_image_files(dataset_dicts: Iterable[dict], dataset_names: Sequence[str]) -> None:
     """Raise FileNotFoundError, with the number of missing images and the first paths, when
-    an image file named by ``dataset_dicts`` (of ``dataset_names``) does not exist."""
+    an image file named by ``dataset_dicts`` (of ``dataset_names``) does not exist. Once per
+    machine in a distributed job (see the module's docstring)."""
+    run_once(
+        _check_image_files,
+        dataset_dicts,
+        dataset_names,
+        per_machine=True,
+        what=f"checking the image files of {_where(dataset_names)}",
+    )
+
+
+def _check_image_files(dataset_dicts: Iterable[dict], dataset_names: Sequence[str]) -> None:
     missing: List[str] = []
     total = 0
     for record in dataset_dicts:
@@ -43,12 +61,24 @@ def check_image_files(dataset_dicts: Iterable[dict], dataset_names: Sequence[str
             f"missing, e.g. {missing[:3]}: check the image folder and DETECTRON2_DATASETS "
             f"(datasets/README.md describes the layout)"
         )
+    logger.info("Images of %s: all %d files exist", _where(dataset_names), total)
 
 
 def check_test_datasets(test_names: Sequence[str], train_names: Sequence[str]) -> None:
     """Load every dataset in ``test_names`` (DATASETS.TEST) now and check that it has the
     categories of ``train_names[0]`` and that its images exist; errors name the dataset and
-    its annotation file."""
+    its annotation file. Once per machine in a distributed job (see the module's
+    docstring)."""
+    run_once(
+        _check_test_datasets,
+        test_names,
+        train_names,
+        per_machine=True,
+        what="checking DATASETS.TEST",
+    )
+
+
+def _check_test_datasets(test_names: Sequence[str], train_names: Sequence[str]) -> None:
     train_classes = (
         MetadataCatalog.get(train_names[0]).get("thing_classes", None) if train_names else None
     )
@@ -69,5 +99,5 @@ def check_test_datasets(test_names: Sequence[str], train_names: Sequence[str]) -
                 f"{differ}): evaluation would compare different categories; use a test set "
                 f"with the training set's categories"
             )
-        check_image_files(dicts, [name])
+        _check_image_files(dicts, [name])
         logger.info("DATASETS.TEST '%s': %d images, checked before training", name, len(dicts))

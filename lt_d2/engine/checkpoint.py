@@ -11,7 +11,9 @@ which changes the classifier on purpose. Files without a record (ImageNet backbo
 detectron2's model zoo, checkpoints of older lt_d2 versions) are loaded as before.
 
 It also names the file when it cannot be read (a truncated copy gives torch's bare zip
-error), and, for ``--eval-only``, refuses weights that leave model parameters uninitialised.
+error); for ``--eval-only`` it refuses weights that leave model parameters uninitialised, and
+for a decoupled stage weights that leave any frozen weight uninitialised (an ImageNet
+backbone, a detector of other classes: only the classifier may start fresh).
 """
 
 import logging
@@ -56,6 +58,10 @@ class LTCheckpointer(DetectionCheckpointer):
             stage, which re-initialises or re-scales the classifier on purpose).
         require_all_weights: refuse a file that leaves model parameters uninitialised
             (``--eval-only``: evaluating random layers would report a meaningless AP).
+        require_frozen_weights: refuse a file that leaves uninitialised any weight the model
+            does not train (a frozen parameter or a buffer other than a Classifier's state):
+            a decoupled stage trains only its classifier, on the features of the detector it
+            loads, so that file must be a trained detector of the same classes.
     """
 
     def __init__(
@@ -65,11 +71,13 @@ class LTCheckpointer(DetectionCheckpointer):
         *,
         allow_classifier_change: bool = False,
         require_all_weights: bool = False,
+        require_frozen_weights: bool = False,
         **checkpointables,
     ):
         super().__init__(model, save_dir, **checkpointables)
         self.allow_classifier_change = allow_classifier_change
         self.require_all_weights = require_all_weights
+        self.require_frozen_weights = require_frozen_weights
         self._path = ""
 
     def save(self, name: str, **kwargs) -> None:
@@ -99,12 +107,35 @@ class LTCheckpointer(DetectionCheckpointer):
                 f"{missing[:3]}): evaluating would use randomly initialised layers. Set "
                 f"MODEL.WEIGHTS to a checkpoint of this detector (e.g. OUTPUT_DIR/model_final.pth)"
             )
+        frozen = self._frozen(missing) if self.require_frozen_weights else []
+        if frozen:
+            num_classes = sorted({r["num_classes"] for r in classifier_record(self.model).values()})
+            raise ValueError(
+                f"MODEL.WEIGHTS {self._path} is not a trained detector of this model's "
+                f"{'/'.join(map(str, num_classes))} classes: it lacks {len(frozen)} of the "
+                f"weights that the decoupled stage (MODEL.DECOUPLE.ENABLED) keeps frozen (e.g. "
+                f"{frozen[:3]}), which would stay randomly initialised while only the "
+                f"classifier trains. Set MODEL.WEIGHTS to the first stage's model, "
+                f"<stage-1 OUTPUT_DIR>/model_final.pth, trained on the same dataset with the "
+                f"same config less MODEL.DECOUPLE"
+            )
         return incompatible
 
     def _missing_weights(self, missing_keys):
         """``missing_keys`` less GradientStats' buffers (diagnostics, not weights)."""
         stats = [n for n, m in self.model.named_modules() if isinstance(m, GradientStats)]
         return [k for k in missing_keys if not any(k.startswith(f"{n}.") for n in stats)]
+
+    def _frozen(self, missing_weights):
+        """``missing_weights`` less the trained parameters and the Classifiers' state
+        (accumulated statistics, which a new stage starts afresh)."""
+        trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        state = [n for n, m in self.model.named_modules() if isinstance(m, Classifier)]
+        return [
+            k
+            for k in missing_weights
+            if k not in trained and not any(k.startswith(f"{n}.") for n in state)
+        ]
 
     def _check_classifiers(self, saved) -> None:
         if not saved:

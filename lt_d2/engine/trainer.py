@@ -88,7 +88,9 @@ def _check_decoupled_weights(cfg) -> None:
     if cfg.MODEL.DECOUPLE.ENABLED and not cfg.MODEL.WEIGHTS:
         raise ValueError(
             "MODEL.DECOUPLE.ENABLED trains only the classifier of a first-stage model, but "
-            "MODEL.WEIGHTS is empty: set MODEL.WEIGHTS to the first stage's model_final.pth"
+            "MODEL.WEIGHTS is empty: set MODEL.WEIGHTS to the first stage's model_final.pth "
+            "(train the same config less MODEL.DECOUPLE first), e.g. append 'MODEL.WEIGHTS "
+            "<stage-1 OUTPUT_DIR>/model_final.pth' to the command line"
         )
 
 
@@ -166,6 +168,7 @@ class LTTrainer(DefaultTrainer):
             self.checkpointer.model,
             self.cfg.OUTPUT_DIR,
             allow_classifier_change=self.cfg.MODEL.DECOUPLE.ENABLED,
+            require_frozen_weights=self.cfg.MODEL.DECOUPLE.ENABLED,
             **self.checkpointer.checkpointables,
         )
         hook_list = super().build_hooks()

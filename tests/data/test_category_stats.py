@@ -13,6 +13,7 @@ boundaries (10 | 11 images, 100 | 101 images) and on BAGS's instance-group bound
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -152,10 +153,85 @@ def test_from_dataset_uses_registered_metadata_and_json_cache(hand_dataset, tmp_
     _assert_hand_counts(stats)
     cache = cache_dir / f"{name}.category_stats.json"
     assert json.loads(cache.read_text())["instance_counts"] == INSTANCES
-    # second call reads the cache (keyed by the annotation file, see tests/test_user_errors.py)
+    # second call reads the cache (keyed by the annotation file's content, tests below)
     again = CategoryStats.from_dataset(name, cache_dir=str(cache_dir))
     assert again.to_dict() == stats.to_dict()
     assert CategoryStats.load(str(cache)).to_dict() == stats.to_dict()
+
+
+def test_cache_is_keyed_by_content_so_a_copy_elsewhere_reuses_it(
+    hand_dataset, tmp_path, monkeypatch, caplog
+):
+    name, file = hand_dataset
+    cache_dir = str(tmp_path / "cache")
+    stats = CategoryStats.from_dataset(name, cache_dir=cache_dir)
+    cache = os.path.join(cache_dir, f"{name}.category_stats.json")
+    written = os.stat(cache).st_mtime_ns
+    # the same bytes on "another machine": another path, another modification time
+    copy = tmp_path / "elsewhere" / "lvis_train.json"
+    copy.parent.mkdir()
+    copy.write_bytes(open(file, "rb").read())
+    os.utime(copy, ns=(1, 1))
+    register_lvis_format(name, str(copy), str(tmp_path))  # replaces the registration
+
+    def not_read(*args, **kwargs):
+        raise AssertionError("the annotation file was read although the cache matches it")
+
+    monkeypatch.setattr(CategoryStats, "from_lvis_json", not_read)
+    monkeypatch.setattr(CategoryStats, "save", not_read)
+    with caplog.at_level(logging.INFO, logger="lt_d2"):
+        again = CategoryStats.from_dataset(name, cache_dir=cache_dir)
+    assert again.to_dict() == stats.to_dict()
+    assert os.stat(cache).st_mtime_ns == written
+    assert cache in caplog.text and "SHA-1" in caplog.text
+
+
+def test_cache_is_written_atomically(hand_dataset, tmp_path, monkeypatch):
+    name, _ = hand_dataset
+    cache_dir = tmp_path / "cache"
+    stats = CategoryStats.from_dataset(name, cache_dir=str(cache_dir))
+    cache = cache_dir / f"{name}.category_stats.json"
+    before = cache.read_text()
+
+    def dump_half_then_fail(obj, f):  # a full disk or a killed process mid-write
+        f.write(json.dumps(obj)[:10])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(json, "dump", dump_half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        stats.save(str(cache), source={"sha1": "other", "size": 1})
+    assert cache.read_text() == before  # the reader still sees the whole old file
+    assert os.listdir(cache_dir) == [cache.name]  # and no temporary file is left
+
+
+def test_dataset_without_annotation_file_is_loaded_once_and_not_cached(tmp_path):
+    name = "lt_d2_test_dicts_only"
+    loads = []
+
+    def load():
+        loads.append(1)
+        return [
+            {"file_name": f"{i}.jpg", "annotations": [{"category_id": i % 2}]} for i in range(3)
+        ]
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(thing_classes=["a", "b"])
+    try:
+        stats = CategoryStats.from_dataset(name, cache_dir=str(tmp_path))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert stats.instance_count_array.tolist() == [2, 1] and stats.num_images == 3
+    assert len(loads) == 1  # counted from one load, not fingerprinted by another
+    assert os.listdir(tmp_path) == []
+
+
+def test_damaged_cache_names_the_file_and_the_fix(hand_dataset, tmp_path):
+    name, _ = hand_dataset
+    cache = tmp_path / f"{name}.category_stats.json"
+    cache.write_text('{"instance_counts": [1, 2')
+    with pytest.raises(ValueError, match=r"category_stats\.json is not valid JSON.*delete it"):
+        CategoryStats.from_dataset(name, cache_dir=str(tmp_path))
 
 
 def test_stats_cli_prints_table_sorted_by_instances(hand_dataset, capsys):

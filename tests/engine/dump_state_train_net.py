@@ -1,9 +1,11 @@
-"""train_net.py, unchanged, whose trainer also saves every process's classifier state after
-training (tests/engine/test_multiprocess_training.py reads it).
+"""train_net.py, unchanged, whose trainer also saves every process's classifier state and the
+category statistics it trained with after training (tests/engine/test_multiprocess_training.py
+and test_cluster_training.py read them).
 
 python tests/engine/dump_state_train_net.py <train_net.py's arguments>
 """
 
+import json
 import os
 import sys
 
@@ -12,6 +14,7 @@ from detectron2.utils import comm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import train_net  # noqa: E402
+from lt_d2.data import category_stats_from_cfg  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
 
 
@@ -25,6 +28,9 @@ class StateDumpingTrainer(LTTrainer):
             if "classifier" in key or "gradient_stats" in key
         }
         torch.save(state, os.path.join(self.cfg.OUTPUT_DIR, f"state_rank{comm.get_rank()}.pth"))
+        stats = category_stats_from_cfg(self.cfg).to_dict()  # every process calls it
+        with open(os.path.join(self.cfg.OUTPUT_DIR, f"stats_rank{comm.get_rank()}.json"), "w") as f:
+            json.dump(stats, f)
         return results
 
 

@@ -17,7 +17,6 @@ TrainingSampler hands process r every world_size-th index of one seeded stream).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -27,6 +26,7 @@ import torch
 from lt_d2.compat import launch_supports_cpu
 
 from helpers.config import REPO
+from helpers.gloo import free_port
 
 SCRIPT = os.path.join(REPO, "tests", "engine", "dump_state_train_net.py")
 CONFIG = os.path.join(REPO, "configs", "demo", "eqlv2", "eqlv2_mask_rcnn_R_18_FPN_demo.yaml")
@@ -59,12 +59,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(output_dir, *launch_args):
     """Start the wrapped train_net.py once per ``launch_args`` (one per machine), wait."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -93,7 +87,7 @@ def single_process(tmp_path_factory):
 
 
 def _launches(kind: str):
-    url = f"tcp://127.0.0.1:{_free_port()}"
+    url = f"tcp://127.0.0.1:{free_port()}"
     if kind == "one machine, two processes":
         return [["--num-gpus", "2", "--dist-url", url]]
     machine = ["--num-gpus", "1", "--num-machines", "2", "--dist-url", url]

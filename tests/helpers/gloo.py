@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a dist-url)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,7 +35,7 @@ def run_on_gloo_workers(fn: Callable, world_size: int, *args) -> None:
     """
     mp.start_processes(
         _worker,
-        args=(fn, world_size, _free_port(), args),
+        args=(fn, world_size, free_port(), args),
         nprocs=world_size,
         join=True,
         start_method="fork",

@@ -45,6 +45,7 @@ from lt_d2.compat import retinanet_head_norm
 
 from .atss_matching import atss_match, centerness_targets
 from .dense_classification import DenseClassifierHead
+from .retinanet import LTRetinaNet
 
 __all__ = ["ATSS", "ATSSHead"]
 
@@ -350,3 +351,5 @@ class ATSS(DenseClassifierHead, DenseDetector):
     # Per level (R_l, C) scores and (R_l, 4) deltas -> detections after per-class NMS: the
     # top-k candidates per level above the score threshold, decoded, NMS, the best kept.
     inference_single_image = RetinaNet.inference_single_image
+    # each level's top-k before its score threshold (memory at SCORE_THRESH_TEST 0.0)
+    _decode_per_level_predictions = LTRetinaNet._decode_per_level_predictions

@@ -11,7 +11,7 @@ l, P = positive anchors of the batch, C = foreground classes, A = anchors per lo
 """
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -33,6 +33,27 @@ logger = logging.getLogger(__name__)
 
 # Box regression losses this detector adds to detectron2's own.
 _LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
+
+
+# Scores per top-k call: torch's CPU top-k copies its whole input (values and indices).
+_TOPK_CHUNK = 1 << 22
+
+
+def _topk_of_flat(scores: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """The ``k`` largest of (M,) ``scores`` (all when M <= k) and their indices, descending:
+    the top-k of the union of each chunk's top-k, so that no call sees more than
+    ``_TOPK_CHUNK`` scores."""
+    k = min(k, scores.numel())
+    if scores.numel() <= _TOPK_CHUNK:
+        return scores.topk(k)
+    values, indices = [], []
+    for start in range(0, scores.numel(), _TOPK_CHUNK):
+        chunk = scores[start : start + _TOPK_CHUNK]
+        v, i = chunk.topk(min(k, chunk.numel()))
+        values.append(v)
+        indices.append(i + start)
+    best, pos = cat(values).topk(k)
+    return best, cat(indices)[pos]
 
 
 @META_ARCH_REGISTRY.register()
@@ -145,3 +166,41 @@ class LTRetinaNet(DenseClassifierHead, RetinaNet):
             deltas = [x[img_idx] for x in pred_anchor_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
+
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: Tensor,
+        pred_deltas: Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """detectron2's decoding of one level (``DenseDetector._decode_per_level_predictions``)
+        with its two filters in the other order: the level's ``topk_candidates`` best scores
+        first, then those above ``score_thresh``. The detections are the same (the best k of
+        the scores above a threshold are the best k scores less those not above it), but no
+        (R_l, C) mask, no index tensor per kept score and no sort of them: at
+        SCORE_THRESH_TEST 0.0, which keeps every score, those held ~180M scores of P3 for one
+        800 x 1333 image at 1203 classes (``benchmarks/bench_dense_decoding.py``). The top-k
+        itself runs over chunks of the scores (:func:`_topk_of_flat`).
+
+        Args:
+            anchors: R_l anchors of the level.
+            pred_scores: (R_l, C) scores.
+            pred_deltas: (R_l, 4) box deltas.
+        """
+        num_classes = pred_scores.shape[1]
+        scores, flat_idxs = _topk_of_flat(pred_scores.flatten(), topk_candidates)
+        keep = scores > score_thresh
+        scores, flat_idxs = scores[keep], flat_idxs[keep]
+        anchor_idxs = flat_idxs // num_classes
+        pred_boxes = self.box2box_transform.apply_deltas(
+            pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+        )
+        return Instances(
+            image_size,
+            pred_boxes=Boxes(pred_boxes),
+            scores=scores,
+            pred_classes=flat_idxs % num_classes,
+        )
