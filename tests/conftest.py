@@ -10,6 +10,9 @@ import torch.multiprocessing as mp
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, TrainerBase
 
+from lt_d2.classifiers import build as classifier_build
+from lt_d2.classifiers import compile as loss_compile
+
 from helpers.config import DEMO_CONFIG, INSTANT_OPTS, load_config
 
 
@@ -24,6 +27,16 @@ def instant_cfg(tmp_path) -> Callable[..., CfgNode]:
         return cfg
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def eager_losses(monkeypatch):
+    """The unit tier runs the loss functions eagerly (compiling costs seconds per function);
+    classifier builders leave that switch alone. Compiled == eager is checked once per
+    classifier, by the tests that switch compilation on themselves
+    (helpers.compiled_losses)."""
+    monkeypatch.setattr(loss_compile, "_ENABLED", False)
+    monkeypatch.setattr(classifier_build, "set_compile_enabled", lambda enabled: None)
 
 
 def _runs_an_interpreter(args) -> bool:

@@ -22,7 +22,14 @@ from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["CompiledLoss", "compile_enabled", "compiled_loss", "eager_losses", "set_compile_enabled"]
+__all__ = [
+    "CompiledLoss",
+    "compile_enabled",
+    "compiled_loss",
+    "eager_losses",
+    "loss_dtype",
+    "set_compile_enabled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,17 @@ class CompiledLoss:
                 self._failure,
             )
             return self.eager(*args, **kwargs)
+
+
+def loss_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The dtype a loss is computed in: float32, or the logits' own when wider (float64).
+
+    Half-precision logits (what autocast gives the heads) are upcast inside the loss function
+    (``z = logits.to(loss_dtype(logits))``), so that autograd hands back their gradient in
+    their own dtype, computed in float32 with the incoming gradient (the loss scale) applied:
+    nothing that float32 keeps is rounded away before the scale is applied.
+    """
+    return torch.promote_types(logits.dtype, torch.float32)
 
 
 def compiled_loss(fn: Callable) -> CompiledLoss:
