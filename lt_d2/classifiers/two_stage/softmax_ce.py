@@ -3,19 +3,31 @@
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
-import logging
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
-from ..checks import check_gt_classes, check_logit_count
-from ..kernels import softmax_cross_entropy
+from ..compile import compiled_loss, loss_dtype
 
-__all__ = ["SoftmaxCE"]
+__all__ = ["SoftmaxCE", "softmax_ce_loss"]
 
-logger = logging.getLogger(__name__)
+
+@compiled_loss
+def softmax_ce_loss(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    """L = -(1/R) sum_r log softmax(z_r)[gt_r] (detectron2's ``cross_entropy``).
+
+    Args:
+        logits: (R, C + 1), any float dtype (computed in float32).
+        gt_classes: (R,) int64 in [0, C], C = background.
+
+    Returns:
+        the scalar loss; 0 with a gradient path when R = 0.
+    """
+    z = logits.to(loss_dtype(logits))
+    return F.cross_entropy(z, gt_classes, reduction="sum") / max(z.shape[0], 1)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -43,13 +55,12 @@ class SoftmaxCE(Classifier):
             logits: (R, C + 1).
             gt_classes: (R,) int64 in [0, C], C = background.
         """
-        check_gt_classes(logits, gt_classes, self.num_classes)
-        check_logit_count(logits, self.num_logits, type(self).__name__)
-        if logits.shape[0] == 0:
-            return {"loss_cls": logits.sum() * 0.0}
-        # half-precision logits (autocast) are computed in float32, float64 stays float64
-        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return {"loss_cls": softmax_cross_entropy(z, gt_classes, logits.shape[0])}
+        self.check_inputs(logits, gt_classes)
+        return {"loss_cls": self.loss(logits, gt_classes)}
+
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """The method's loss of checked (R, C + 1) logits and (R,) labels in [0, C]."""
+        return softmax_ce_loss(logits, gt_classes)
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """(R, C + 1) logits -> (R, C + 1) softmax probabilities."""
