@@ -16,7 +16,6 @@ __all__ = [
     "check_gt_classes",
     "check_logit_count",
     "check_observed_inputs",
-    "check_paired_logits",
     "require_category_stats",
 ]
 
@@ -79,15 +78,6 @@ def check_logit_count(logits: torch.Tensor, num_logits: int, method: str) -> Non
         raise ValueError(
             f"{method} expects (R, {num_logits}) logits, got {tuple(logits.shape)}: build the "
             f"box predictor's final layer with classifier.num_logits outputs"
-        )
-
-
-def check_paired_logits(logits: torch.Tensor) -> None:
-    """Paired logits (EQL v2 sec. 4.8) must be (R, 2K): the "yes" block, then "others"."""
-    if logits.dim() != 2 or logits.shape[1] % 2:
-        raise ValueError(
-            f"paired logits must be (R, 2K) ('yes' block then 'others' block), got "
-            f"{tuple(logits.shape)}"
         )
 
 

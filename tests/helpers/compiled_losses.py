@@ -47,6 +47,7 @@ def assert_compiled_matches_eager(
     try:
         for compiled in (False, True):
             set_compile_enabled(compiled)
+            torch.manual_seed(0)  # the same draws for a sampling classifier (DropLoss, BAGS)
             classifier, history = build(), []
             for _ in range(steps):
                 losses, grad = _step(classifier, logits, gt_classes, args)
@@ -79,9 +80,11 @@ def assert_half_precision_gradient(
     no entry zeroed that fp16 can hold (|reference| >= 2^-24), relative error <= 2^-10 (one
     rounding, with slack for float32's own) above fp16's normal range."""
     half = logits.detach().half()
+    torch.manual_seed(0)  # the same draws for a sampling classifier (DropLoss, BAGS)
     ref_losses, ref_grad = _step(build(), half.float(), gt_classes, args)
     expected = ref_grad.double() * scale
     assert expected.abs().max() < HALF_MAX, "choose logits whose scaled gradient fits fp16"
+    torch.manual_seed(0)
     losses, grad = _step(build(), half, gt_classes, args, incoming=scale)
     for name, loss in losses.items():
         assert loss.dtype == torch.float32, f"{name} is {loss.dtype}, not computed in float32"
