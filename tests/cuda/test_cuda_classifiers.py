@@ -5,48 +5,22 @@ CUDA; ``make test-gpu`` runs it."""
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from torch import nn
 
-from lt_d2.classifiers import (
-    CLASSIFIER_REGISTRY,
-    DENSE_CLASSIFIER_REGISTRY,
-    build_classifier,
-    build_dense_classifier,
-)
 from lt_d2.classifiers.gradient_stats import GradientStats
-from lt_d2.config import add_lt_config
-from lt_d2.data.category_stats import CategoryStats
 
 from helpers.compiled_losses import assert_compiled_matches_eager, assert_half_precision_gradient
+from helpers.registered import DENSE, TWO_STAGE, C, build_registered
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuda tier needs a GPU"),
 ]
 
-C = 6
-# rare / common / frequent categories and every BAGS instance group [0,10), [10,100),
-# [100,1000), [1000,) hold at least one category
-STATS = CategoryStats(
-    instance_counts=[2, 5, 30, 60, 400, 2000],
-    image_counts=[2, 4, 20, 50, 300, 900],
-    num_images=1000,
-)
-TWO_STAGE = sorted(name for name, _ in CLASSIFIER_REGISTRY)
-DENSE = sorted(name for name, _ in DENSE_CLASSIFIER_REGISTRY)
-
 
 def _builder(name: str):
     """Zero-argument builder of a fresh classifier ``name`` on the GPU, in training mode."""
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    if name in DENSE:
-        cfg.MODEL.DENSE_CLASSIFIER.NAME = name
-        return lambda: build_dense_classifier(cfg, C, STATS).to("cuda").train()
-    cfg.MODEL.CLASSIFIER.NAME = name
-    cfg.MODEL.CLASSIFIER.EQL.LAMBDA = 0.1  # EQL's tail: categories 0-3
-    return lambda: build_classifier(cfg, C, STATS).to("cuda").train()
+    return lambda: build_registered(name).to("cuda")
 
 
 def _batch(name: str, rows: int = 512, seed: int = 0):
