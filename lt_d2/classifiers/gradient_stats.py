@@ -208,7 +208,8 @@ class GradientStats(nn.Module):
     def _accumulate(self, grad: torch.Tensor, gt_classes: torch.Tensor) -> None:
         columns = None if self._first_columns else self.columns
         pos, neg = positive_negative_sums(grad, gt_classes, columns, self.num_classes)
-        scale = self.loss_gradient
+        # a loss weighted 0 sends 0 to the logits: 0 / 1, not 0 / 0
+        scale = torch.where(self.loss_gradient != 0, self.loss_gradient, 1.0)
         add_finite_(
             (self.pos_grad_local, self.neg_grad_local),
             (pos / scale, neg / scale),

@@ -250,6 +250,16 @@ def test_loss_scale_overflow_is_skipped_and_not_reported_as_divergence():
     assert "GradientStats ('stats')" in message and "diverges" in message
 
 
+def test_loss_weighted_zero_adds_nothing_and_is_no_divergence():
+    classifier = FocalLoss(num_classes=C)
+    stats = GradientStats(classifier).train()
+    gt = _problem(7)
+    _head_step(stats, classifier, torch.randn(gt.shape[0], C), gt, 1.0, weight=0.0)
+    got = stats.synced()
+    assert got.pos.abs().sum() == 0 and got.neg.abs().sum() == 0
+    assert pop_nonfinite_updates(stats) == {}
+
+
 def test_nonfinite_focal_sums_are_skipped_and_counted():
     classifier = FocalLoss(num_classes=C)
     stats = GradientStats(classifier).train()
