@@ -37,8 +37,9 @@ from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
+from .softmax_ce import masked_cross_entropy
 
-__all__ = ["BAGS", "bags_loss", "bags_trained_rows", "group_log_softmax"]
+__all__ = ["BAGS", "bags_loss", "bags_trained_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +71,6 @@ def bags_trained_rows(group: torch.Tensor, num_groups: int, beta: float) -> torc
     return trained
 
 
-def group_log_softmax(z: torch.Tensor, column_group: torch.Tensor, num_groups: int):
-    """BAGS eq. 4: log softmax of each logit within its group's columns.
-
-    Args:
-        z: (R, L). column_group: (L,) int64 group of each column. num_groups: N + 1.
-
-    Returns:
-        (R, L).
-    """
-    lse = [
-        torch.logsumexp(z.masked_fill(column_group != n, -torch.inf), dim=1)
-        for n in range(num_groups)
-    ]
-    return z - torch.stack(lse, dim=1)[:, column_group]
-
-
 @compiled_loss
 def bags_loss(
     logits: torch.Tensor,
@@ -113,9 +98,13 @@ def bags_loss(
     num_groups = trained.shape[1]
     own = class_group[gt_classes][:, None] == torch.arange(num_groups, device=z.device)
     target = torch.where(own, gt_classes[:, None], others_columns)  # (R, N + 1) t_i^n
-    log_p = group_log_softmax(z, column_group, num_groups).gather(1, target)  # eq. 4
-    ce = torch.where(trained, -log_p, 0.0).sum(dim=0)  # (N + 1,)
-    return (ce / trained.sum(dim=0).clamp(min=1)).sum()  # eq. 5
+    loss = z.new_zeros(())
+    for n in range(num_groups):
+        # -log softmax_{G_n}(z_i)[t_i^n], the softmax over G_n's columns (eq. 4)
+        ce = masked_cross_entropy(z, column_group == n, target[:, n])
+        used = trained[:, n]
+        loss = loss + torch.where(used, ce, 0.0).sum() / used.sum().clamp(min=1)  # eq. 5
+    return loss
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -230,7 +219,10 @@ class BAGS(Classifier):
             logits: (R, L). Returns: (R, C + 1).
         """
         C = self.num_classes
-        p = group_log_softmax(logits, self.column_group, self.num_groups + 1).exp()
+        p = sum(
+            torch.softmax(logits.masked_fill(self.column_group != n, -torch.inf), dim=1)
+            for n in range(self.num_groups + 1)
+        )  # each column's probability within its group (eq. 4)
         return torch.cat([p[:, :C] * p[:, C + 1 : C + 2], p[:, C : C + 1]], dim=1)
 
     def logit_columns(self) -> List[int]:

@@ -60,7 +60,8 @@ def droploss_draws(
     w_rj = [u_rj < mu_j] with u_rj ~ U[0, 1): one uniform per term in row-major order,
     foreground rows included (eq. 2 replaces them), so no host synchronisation is needed.
     On the CPU these are exactly the draws of ``torch.bernoulli(mu.expand(R, C),
-    generator=generator)`` (the same generator stream), at a quarter of its memory.
+    generator=generator)`` (the same generator stream), kept as bool (a quarter of its float
+    result).
 
     Args:
         num_rois: R.

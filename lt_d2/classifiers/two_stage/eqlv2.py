@@ -32,7 +32,6 @@ from detectron2.config import configurable
 from ..base import CLASSIFIER_REGISTRY, Classifier, prior_bias
 from ..compile import compiled_loss, loss_dtype
 from ..state import AccumulatedGradientsMixin
-from .labels import class_targets
 from .sigmoid_bce import weighted_sigmoid_bce
 
 __all__ = ["EQLv2", "eqlv2_loss", "eqlv2_mapping", "eqlv2_weights"]
@@ -91,7 +90,8 @@ def eqlv2_loss(
     z = logits.to(loss_dtype(logits))
     C = z.shape[1] - 1
     # targets of the C categories, then objectness (y = 1 for every foreground ROI)
-    y = torch.cat([class_targets(gt_classes, C), (gt_classes < C)[:, None]], dim=1)
+    task = torch.arange(C + 1, device=z.device)
+    y = torch.where(task < C, gt_classes[:, None] == task, (gt_classes < C)[:, None])
     one = q.new_ones(1)  # the objectness task is not reweighted
     q, r = torch.cat([q, one]), torch.cat([r, one])
     loss = weighted_sigmoid_bce(z, y, torch.where(y, q, r))  # eqs. 7-8

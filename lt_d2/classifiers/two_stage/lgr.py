@@ -6,6 +6,7 @@ Shape shorthand: R = ROIs, C = foreground classes.
 import math
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
@@ -34,7 +35,7 @@ def lgr_softmax_ce_loss(
         scalar; 0 with a gradient path when R = 0.
     """
     z = logits.to(loss_dtype(logits))
-    log_p_t = torch.log_softmax(z, dim=1).gather(1, gt_classes[:, None])[:, 0]  # eq. 15
+    log_p_t = -F.cross_entropy(z, gt_classes, reduction="none")  # eq. 15, log p_t
     gap = -torch.expm1(log_p_t.detach())  # |p_t - t_t| = 1 - p_t, exact near p_t = 1
     rho = torch.where(gap > 0, alpha * torch.log1p(b * gap) / gap, alpha * b)  # eq. 18
     return -(rho * log_p_t).sum() / max(z.shape[0], 1)  # eq. 19

@@ -12,7 +12,28 @@ from detectron2.config import configurable
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
 
-__all__ = ["SoftmaxCE", "softmax_ce_loss"]
+__all__ = ["SoftmaxCE", "masked_cross_entropy", "softmax_ce_loss"]
+
+
+def masked_cross_entropy(
+    z: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """-log softmax(z_i over the allowed columns only)[t_i] of every row: the cross entropy of
+    a softmax that runs over a subset of the logits (BAGS's groups, Seesaw's two softmaxes).
+
+    Written with masks over the whole row instead of column slices or gathers, so that its
+    gradient is one pointwise (R, L) expression (no scatter into a zeroed (R, L) buffer).
+
+    Args:
+        z: (R, L) logits. allowed: (L,) bool columns of the softmax.
+        target: (R,) int64 target column t_i, an allowed one.
+
+    Returns:
+        (R,).
+    """
+    columns = torch.arange(z.shape[1], device=z.device)
+    z_t = torch.where(columns == target[:, None], z, 0.0).sum(dim=1)
+    return torch.logsumexp(z.masked_fill(~allowed, -torch.inf), dim=1) - z_t
 
 
 @compiled_loss
