@@ -30,8 +30,10 @@ def test_statistics_of_another_class_count_are_refused():
 def test_dense_and_two_stage_names_are_not_mixed_up():
     from lt_d2.classifiers import build_dense_classifier
 
+    cfg = _cfg("SoftmaxCE")
+    cfg.MODEL.CLASSIFIER.NAME = "EqualizedFocalLoss"
     with pytest.raises(KeyError, match="is a dense .* MODEL.DENSE_CLASSIFIER.NAME"):
-        build_classifier(_cfg("EqualizedFocalLoss"), C, STATS)
+        build_classifier(cfg, C, STATS)
     cfg = _cfg("SoftmaxCE")
     cfg.MODEL.DENSE_CLASSIFIER.NAME = "EQLv2"
     with pytest.raises(KeyError, match="is a two-stage classifier: set it in MODEL.CLASSIFIER"):
