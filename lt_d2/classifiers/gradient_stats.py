@@ -35,7 +35,7 @@ from torch import nn
 
 from .base import Classifier
 from .checks import check_observed_inputs
-from .compile import compiled_loss
+from .compile import column_sums, compiled_loss
 from .state import add_finite_, all_reduce_sum, register_nonfinite_counter
 
 __all__ = [
@@ -90,7 +90,7 @@ def positive_negative_sums(
         (C,), (C,) float32 positive and negative sums.
     """
     scores = grad[:, :num_classes] if columns is None else grad.index_select(1, columns)
-    total = torch.linalg.vector_norm(scores, ord=1, dim=0, dtype=torch.float32)
+    total = column_sums(scores.abs().float())
     is_fg = (gt_classes >= 0) & (gt_classes < num_classes)
     label = torch.where(is_fg, gt_classes, gt_classes.new_zeros(()))
     own = scores.gather(1, label[:, None])[:, 0].abs().float() * is_fg

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
-from ..compile import compiled_loss, loss_dtype
+from ..compile import column_sums, compiled_loss, loss_dtype
 
 __all__ = ["FocalLoss", "sigmoid_focal_loss"]
 
@@ -73,8 +73,8 @@ def sigmoid_focal_loss(
     with torch.no_grad():
         p_t, one_minus = torch.sigmoid(z_t), torch.sigmoid(-z_t)
         magnitude = w_t * one_minus**gamma * (one_minus - gamma * p_t * log_p_t)
-        pos = (magnitude * y).sum(0)
-        return loss, pos, magnitude.sum(0) - pos
+        pos = column_sums(magnitude * y)
+        return loss, pos, column_sums(magnitude) - pos
 
 
 @DENSE_CLASSIFIER_REGISTRY.register()
