@@ -28,11 +28,11 @@ their running sum is the live-byte curve and its maximum the peak. (tracemalloc 
 torch's allocator.)
 
 Compile time: each classifier's first step (``torch.compile`` of its loss function, forward
-and backward graphs) minus its median step, with an empty inductor cache (a temporary
-``TORCHINDUCTOR_CACHE_DIR`` unless the variable is set).
+and backward graphs) minus its median step, with an empty compiler cache (a new temporary
+``TORCHINDUCTOR_CACHE_DIR``, or ``--cache-dir``).
 
     .venv/bin/python benchmarks/bench_classifiers.py [--device cuda] [--rounds 7] [--threads 1]
-        [--eager] [--names DropLoss ...] [--dense [--anchors 50000]]
+        [--eager] [--cache-dir DIR] [--names DropLoss ...] [--dense [--anchors 50000]]
 """
 
 import argparse
@@ -308,6 +308,9 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch default)")
     parser.add_argument("--eager", action="store_true", help="run the loss functions eagerly")
     parser.add_argument(
+        "--cache-dir", help="compiler cache (default: a new, empty temporary directory)"
+    )
+    parser.add_argument(
         "--dense",
         action="store_true",
         help="measure FocalLoss with and without GradientStats instead of the two-stage set",
@@ -316,7 +319,7 @@ def main(argv: List[str] = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache_dir or tempfile.mkdtemp(prefix="inductor-")
     device = torch.device(args.device)
     # log1p-based kernels (softplus, logaddexp) run several times faster once the process has
     # run a vectorised pow with a tensor exponent (see bench_dense_losses.py): put every case

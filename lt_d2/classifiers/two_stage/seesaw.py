@@ -24,7 +24,7 @@ State: ``cum_samples`` (C,) float64 buffer, the accumulated foreground ROI count
 class, summed over all workers and saved in checkpoints.
 It counts labels only, so no logit (finite or not) can enter it.
 
-Shape shorthand: R = ROIs, F = foreground ROIs, C = foreground classes, L = ``num_logits``.
+Shape shorthand: R = ROIs, C = foreground classes, L = ``num_logits``.
 """
 
 import math
