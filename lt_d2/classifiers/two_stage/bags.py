@@ -37,7 +37,7 @@ from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
-from .softmax_ce import masked_cross_entropy
+from .softmax_ce import group_cross_entropy, group_logsumexp
 
 __all__ = ["BAGS", "bags_loss", "bags_trained_rows"]
 
@@ -98,13 +98,10 @@ def bags_loss(
     num_groups = trained.shape[1]
     own = class_group[gt_classes][:, None] == torch.arange(num_groups, device=z.device)
     target = torch.where(own, gt_classes[:, None], others_columns)  # (R, N + 1) t_i^n
-    loss = z.new_zeros(())
-    for n in range(num_groups):
-        # -log softmax_{G_n}(z_i)[t_i^n], the softmax over G_n's columns (eq. 4)
-        ce = masked_cross_entropy(z, column_group == n, target[:, n])
-        used = trained[:, n]
-        loss = loss + torch.where(used, ce, 0.0).sum() / used.sum().clamp(min=1)  # eq. 5
-    return loss
+    # -log softmax_{G_n}(z_i)[t_i^n], each softmax over its group's columns (eq. 4)
+    ce = group_cross_entropy(z, column_group, target)
+    per_group = torch.where(trained, ce, 0.0).sum(dim=0) / trained.sum(dim=0).clamp(min=1)
+    return per_group.sum()  # eq. 5
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -219,10 +216,8 @@ class BAGS(Classifier):
             logits: (R, L). Returns: (R, C + 1).
         """
         C = self.num_classes
-        p = sum(
-            torch.softmax(logits.masked_fill(self.column_group != n, -torch.inf), dim=1)
-            for n in range(self.num_groups + 1)
-        )  # each column's probability within its group (eq. 4)
+        lse = group_logsumexp(logits, self.column_group, self.num_groups + 1)
+        p = torch.exp(logits - lse[:, self.column_group])  # within each column's group (eq. 4)
         return torch.cat([p[:, :C] * p[:, C + 1 : C + 2], p[:, C : C + 1]], dim=1)
 
     def logit_columns(self) -> List[int]:

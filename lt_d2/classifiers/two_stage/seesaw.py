@@ -38,7 +38,7 @@ from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
 from ..state import all_reduce_sum
 from .labels import class_counts
-from .softmax_ce import masked_cross_entropy
+from .softmax_ce import group_cross_entropy
 
 __all__ = ["Seesaw", "seesaw_log_factors", "seesaw_loss"]
 
@@ -100,14 +100,14 @@ def seesaw_loss(
     divisor = max(z.shape[0], 1)
     foreground = gt_classes < C
     labels = gt_classes.clamp(max=C - 1)  # background rows: any class, weight 0 below
-    is_class = torch.arange(z.shape[1], device=z.device) < C
+    # two softmaxes: over the classes (group 0) and over background, object (group 1)
+    column_group = (torch.arange(z.shape[1], device=z.device) >= C).long()
+    target = torch.stack([labels, C + foreground.long()], dim=1)
     # z_j + log S_ij on the class columns (log S_ii = 0), the objectness columns unchanged
     log_s = F.pad(seesaw_log_factors(z[:, :C], labels, counts, p, q, eps), (0, 2))
-    ce = masked_cross_entropy(z + log_s, is_class, labels)  # -log sigma^_i
-    loss_cls = torch.where(foreground, ce, 0.0).sum() / divisor
-    # objectness: column C background, C + 1 object
-    loss_obj = masked_cross_entropy(z, ~is_class, C + foreground.long()).sum() / divisor
-    return loss_cls, loss_obj
+    ce = group_cross_entropy(z + log_s, column_group, target)  # -log sigma^_i, objectness
+    loss_cls = torch.where(foreground, ce[:, 0], 0.0).sum() / divisor
+    return loss_cls, ce[:, 1].sum() / divisor
 
 
 @CLASSIFIER_REGISTRY.register()

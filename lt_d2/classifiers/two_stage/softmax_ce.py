@@ -12,28 +12,47 @@ from detectron2.config import configurable
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
 
-__all__ = ["SoftmaxCE", "masked_cross_entropy", "softmax_ce_loss"]
+__all__ = ["SoftmaxCE", "group_cross_entropy", "group_logsumexp", "softmax_ce_loss"]
 
 
-def masked_cross_entropy(
-    z: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
-    """-log softmax(z_i over the allowed columns only)[t_i] of every row: the cross entropy of
-    a softmax that runs over a subset of the logits (BAGS's groups, Seesaw's two softmaxes).
+def group_logsumexp(z: torch.Tensor, column_group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """log sum_{j in G_n} exp(z_ij) of every row i and group G_n of a partition of the columns.
 
-    Written with masks over the whole row instead of column slices or gathers, so that its
-    gradient is one pointwise (R, L) expression (no scatter into a zeroed (R, L) buffer).
+    Computed as m_n + log sum_{j in G_n} exp(z_ij - m_n) with m_n the group's row maximum (a
+    constant: it cancels in the value and in the gradient), so that every logit's exp is
+    evaluated once; groups are selected by masks over the whole row (no column slices, whose
+    gradients would scatter into zeroed (R, L) buffers).
 
     Args:
-        z: (R, L) logits. allowed: (L,) bool columns of the softmax.
-        target: (R,) int64 target column t_i, an allowed one.
+        z: (R, L). column_group: (L,) int64 group in [0, G) of each column. num_groups: G.
 
     Returns:
-        (R,).
+        (R, G).
+    """
+    groups = [column_group == n for n in range(num_groups)]
+    m = torch.stack([z.masked_fill(~g, -torch.inf).amax(dim=1) for g in groups], dim=1).detach()
+    e = torch.exp(z - m[:, column_group])
+    return m + torch.log(torch.stack([torch.where(g, e, 0.0).sum(dim=1) for g in groups], dim=1))
+
+
+def group_cross_entropy(
+    z: torch.Tensor, column_group: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """-log softmax_{G_n}(z_i)[t_in] of every row i and group G_n: the cross entropies of
+    softmaxes that each run over one group of columns (BAGS's groups, Seesaw's class and
+    objectness softmaxes). The target logits are picked with one-hot masks (a gather's gradient
+    would scatter into a zeroed (R, L) buffer), so the gradient is one pointwise expression.
+
+    Args:
+        z: (R, L). column_group: (L,) int64 group in [0, G) of each column.
+        target: (R, G) int64 target column t_in of row i in group G_n (one of G_n's columns).
+
+    Returns:
+        (R, G).
     """
     columns = torch.arange(z.shape[1], device=z.device)
-    z_t = torch.where(columns == target[:, None], z, 0.0).sum(dim=1)
-    return torch.logsumexp(z.masked_fill(~allowed, -torch.inf), dim=1) - z_t
+    z_t = [torch.where(columns == t[:, None], z, 0.0).sum(dim=1) for t in target.unbind(1)]
+    return group_logsumexp(z, column_group, target.shape[1]) - torch.stack(z_t, dim=1)
 
 
 @compiled_loss
