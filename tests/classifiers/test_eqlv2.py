@@ -280,3 +280,32 @@ def test_softmax2c_loss_function_matches_autograd_of_pairwise_softmax():
     p = p_yes.detach()
     torch.testing.assert_close(pos_sum, (y * wq * (1 - p)).sum(dim=0)[:C])
     torch.testing.assert_close(neg_sum, ((1 - y) * wr * p).sum(dim=0)[:C])
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gradient_sums_over_several_row_blocks(compiled):
+    """R = 150 ROIs (the sums run over blocks of 64 rows, then the 22 left): the state after a
+    step with non-trivial weights is eq. 9's update written out (paper_step), eagerly and
+    compiled."""
+    from helpers.compiled_losses import assert_compiled_matches_eager
+
+    C, R = 4, 150
+    pos_acc, neg_acc = [0.3, 0.02, 0.5, 0.1], [1.0, 2.0, 0.4, 0.1]
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(R, C + 1, generator=g, dtype=torch.float64) * 2.0
+    gt = torch.randint(0, C + 1, (R,), generator=g)
+
+    def build():
+        model = CLASSIFIER_REGISTRY.get("EQLv2")(num_classes=C).train()
+        model.pos_grad.copy_(torch.tensor(pos_acc, dtype=torch.float64))
+        model.neg_grad.copy_(torch.tensor(neg_acc, dtype=torch.float64))
+        return model
+
+    if compiled:
+        assert_compiled_matches_eager(build, z.float(), gt, steps=1)
+        return
+    model = build()
+    model.losses(z.clone().requires_grad_(True), gt)["loss_cls"].backward()
+    _, _, new_pos, new_neg = paper_step(z, gt, pos_acc, neg_acc)
+    torch.testing.assert_close(model.pos_grad, torch.tensor(new_pos, dtype=torch.float64))
+    torch.testing.assert_close(model.neg_grad, torch.tensor(new_neg, dtype=torch.float64))
