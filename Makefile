@@ -7,6 +7,9 @@
 #                    leaves out the tests marked `integration` (training or evaluating through
 #                    the trainer or train_net.py, several processes, installs); tests/conftest.py
 #                    fails an unmarked test that does one of those
+#   make test-gpu    on a machine with a CUDA GPU: the `cuda` tier (every classifier compiled ==
+#                    eager on CUDA, fp16/AMP gradients, 20-iteration AMP trainings of a two-stage
+#                    and a dense demo config), then the benchmarks with --device cuda
 # With your own detectron2 (e.g. built from source on a GPU machine), name its interpreter:
 #   PYTHON=/path/to/python make test
 # and the second test environment, detectron2 main built from ../shared/third_party:
@@ -25,7 +28,7 @@ D2_MAIN_ARCHIVE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 D2_MAIN_ENV := .venv-d2main
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
-.PHONY: demo lint test test-fast test-main venv
+.PHONY: demo lint test test-fast test-gpu test-main venv
 
 venv: $(STAMP)
 
@@ -46,6 +49,12 @@ test: lint
 
 test-fast: lint
 	$(PYTEST) -m "not integration"
+
+test-gpu: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m cuda tests/cuda
+	$(PY) benchmarks/bench_dense_losses.py --device cuda
+	$(PY) benchmarks/bench_gradient_stats.py --device cuda
+	$(PY) benchmarks/bench_classifiers.py --device cuda
 
 test-main:
 	bash install/install_detectron2_main.sh $(D2_MAIN_ENV) $(D2_MAIN_ARCHIVE)

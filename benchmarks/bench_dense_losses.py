@@ -1,39 +1,38 @@
 """Forward+backward time and peak extra memory of the dense classification losses.
 
-Compares, on the CPU and in the same run, for N anchors x C classes (default 50,000 x 1,203,
-LVIS-size RetinaNet/ATSS batches):
+Compares, in the same run, for N anchors x C classes (default 50,000 x 1,203, LVIS-size
+RetinaNet/ATSS batches):
 
 - ``fvcore_focal``: fvcore's ``sigmoid_focal_loss`` used as detectron2's RetinaNet uses it
   (valid rows selected, one-hot targets, sum / normalizer): the baseline of the ratios;
-- ``naive_efl``: EFL eq. 4 written with autograd (one-hot targets, p_t, alpha_t,
-  (1 - p_t)^gamma_j, the weighting factor) plus the gradient hook that accumulates g_j;
-- ``lt_d2_focal`` / ``lt_d2_efl`` / ``lt_d2_eqlv2_focal``: lt_d2's fused classifiers.
+- ``focal`` / ``efl`` / ``eqlv2_focal``: lt_d2's FocalLoss, EqualizedFocalLoss (state spread
+  over ratios in [0, 1.2], a mid-training state) and EQLv2Focal, compiled
+  (``torch.compile(dynamic=True)``, the default) unless ``--eager``;
+- ``<case>+stats``: the same with GradientStats on (the head's hooks on the logits and on
+  ``loss_cls``), whose ratio to ``<case>`` is the cost of the diagnostics.
 
-Method. Every case runs in two fresh Python subprocesses, so no case inherits another's
-allocator state.
-- Memory: glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) so every allocation
-  above 64 KiB is its own mapping, returned to the OS on free: the resident set tracks the
-  live tensors. After the inputs exist, the process resets its peak resident set
-  (``/proc/self/clear_refs`` = 5) and reads VmRSS; after one forward+backward it reads the
-  peak VmHWM. Peak extra memory = VmHWM - VmRSS before, i.e. everything forward and backward
-  allocate beyond logits and labels, the logits' gradient included, as a multiple of the
-  logits' size.
-- Time: default allocator (pinning the threshold turns every fresh tensor into page faults,
-  which no training process pays), one warm-up forward+backward, then the best (and median)
-  of ``--repeats`` passes, ``logits.grad`` cleared in between.
+Method.
+- Time: one subprocess runs every case: a first call (compiles; its time is reported), one
+  warm-up, then ``--rounds`` rounds in which every case runs once in turn, in reverse order
+  every other round (a shared machine's load hits all alike). Reported: the median time per
+  case, and the medians over rounds of the ratios within a round (to fvcore's time, and with
+  GradientStats to the time of the same case without it).
+- Memory: one fresh subprocess per case. On the CPU glibc's mmap threshold is pinned
+  (``MALLOC_MMAP_THRESHOLD_``) so every allocation above 64 KiB is its own mapping, returned to
+  the OS on free: the resident set tracks the live tensors. After a first call (compilation)
+  the process resets its peak resident set (``/proc/self/clear_refs`` = 5), reads VmRSS, runs
+  one forward+backward and reads the peak VmHWM. On CUDA: ``torch.cuda.max_memory_allocated``
+  after ``reset_peak_memory_stats``. Extra peak = the peak beyond logits and labels, the
+  logits' gradient included, as a multiple of the logits' size.
 
-Threads: ``--threads 1`` by default. The development machine has 2 cores shared by several
-sessions; multi-threaded timings there mostly measure how long a thread-pool barrier waits
-for a descheduled worker. Run with ``--threads 0`` (torch's default) on a dedicated machine.
+Threads: ``--threads 1`` by default (a shared 2-core machine's thread barriers otherwise
+dominate); ``--threads 0`` is torch's default.
 
-Measured on the shared 2-core development machine (two runs, 1 thread, best of 3): fvcore
-7.3-9.6 s; naive EFL 1.08-1.22x fvcore's time, 14.25x extra peak (fvcore 11.39x); lt_d2 EFL
-0.12-0.17x fvcore's time (7.4-8.8x faster than naive), FocalLoss 0.10-0.16x, EQLv2Focal
-0.10-0.14x, all 1.30x extra peak (the gradient plus the chunk workspace). With 2 threads on
-the loaded machine: EFL 0.42x fvcore, 2.8x faster than naive (thread barriers dominate).
-Other sessions' load moves single timings by up to 1.5x between runs.
+Targets: FocalLoss, EFL, EQLv2Focal <= 0.35x fvcore's time and <= 1.1x the logits in extra
+peak memory; with GradientStats on, <= 1.1x the time without.
 
-Usage: ``python benchmarks/bench_dense_losses.py [--anchors 50000] [--classes 1203]``
+Usage: ``python benchmarks/bench_dense_losses.py [--device cuda] [--anchors 50000]
+[--classes 1203] [--rounds 5]``
 """
 
 import argparse
@@ -44,7 +43,10 @@ import subprocess
 import sys
 import time
 
-CASES = ["fvcore_focal", "naive_efl", "lt_d2_focal", "lt_d2_efl", "lt_d2_eqlv2_focal"]
+METHODS = ["focal", "efl", "eqlv2_focal"]
+# each case with GradientStats right after the same case without, so that a round times them
+# back to back
+CASES = ["fvcore_focal"] + [c for m in METHODS for c in (m, f"{m}+stats")]
 BASELINE = "fvcore_focal"
 
 
@@ -61,7 +63,7 @@ def _reset_peak_rss():
         f.write("5")
 
 
-def _inputs(num_anchors, num_classes):
+def _inputs(num_anchors, num_classes, device):
     """Seeded logits and labels: ~1% foreground anchors, ~5% ignored, the rest background."""
     import torch
 
@@ -72,20 +74,10 @@ def _inputs(num_anchors, num_classes):
     fg = u < 0.01
     gt[fg] = torch.randint(0, num_classes, (int(fg.sum()),), generator=gen)
     gt[(u >= 0.01) & (u < 0.06)] = -1
-    return logits.requires_grad_(), gt
+    return logits.to(device).requires_grad_(), gt.to(device)
 
 
-def _efl_state(num_classes):
-    """Accumulated gradients with ratios spread over [0, 1.2] (a mid-training state)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(1)
-    neg = torch.rand(num_classes, generator=gen, dtype=torch.float64) + 1.0
-    pos = torch.rand(num_classes, generator=gen, dtype=torch.float64) * 1.2 * neg
-    return pos, neg
-
-
-def _case_step(case, num_classes, normalizer):
+def _case_step(case, num_classes, normalizer, device):
     """A closure running one forward+backward of ``case`` on (logits, gt)."""
     import torch
     from torch.nn import functional as F
@@ -101,130 +93,181 @@ def _case_step(case, num_classes, normalizer):
 
         return step
 
-    if case == "naive_efl":
-        from lt_d2.classifiers.dense.efl import efl_factors
-
-        pos_state, neg_state = _efl_state(num_classes)
-
-        def step(logits, gt):
-            gamma, weight = (t.float() for t in efl_factors(pos_state, neg_state, 2.0, 8.0))
-            valid = gt >= 0
-            x = logits[valid]
-            target = F.one_hot(gt[valid], num_classes + 1)[:, :-1].to(x.dtype)
-
-            def collect(grad):  # g_j's statistics, as a gradient hook
-                magnitude = grad.abs()
-                pos_state.add_((magnitude * target).sum(0))
-                neg_state.add_((magnitude * (1 - target)).sum(0))
-
-            x.register_hook(collect)
-            p = torch.sigmoid(x)
-            ce = F.binary_cross_entropy_with_logits(x, target, reduction="none")
-            p_t = p * target + (1 - p) * (1 - target)
-            alpha_t = 0.25 * target + 0.75 * (1 - target)
-            loss = (alpha_t * weight * (1 - p_t) ** gamma * ce).sum() / normalizer
-            loss.backward()
-
-        return step
-
     from lt_d2.classifiers.dense.efl import EqualizedFocalLoss
     from lt_d2.classifiers.dense.eqlv2_focal import EQLv2Focal
     from lt_d2.classifiers.dense.focal import FocalLoss
+    from lt_d2.classifiers.gradient_stats import GradientStats
 
-    module = {"lt_d2_focal": FocalLoss, "lt_d2_efl": EqualizedFocalLoss}.get(case, EQLv2Focal)(
-        num_classes=num_classes
-    )
-    if case != "lt_d2_focal":
-        pos, neg = _efl_state(num_classes)
-        module.pos_grad.copy_(pos)
+    method, _, stats = case.partition("+")
+    cls = {"focal": FocalLoss, "efl": EqualizedFocalLoss, "eqlv2_focal": EQLv2Focal}[method]
+    module = cls(num_classes=num_classes).to(device).train()
+    if method != "focal":
+        gen = torch.Generator().manual_seed(1)
+        neg = torch.rand(num_classes, generator=gen, dtype=torch.float64) + 1.0
+        module.pos_grad.copy_(torch.rand(num_classes, generator=gen, dtype=torch.float64) * neg)
         module.neg_grad.copy_(neg)
+    gradient_stats = GradientStats(module).to(device).train() if stats else None
 
     def step(logits, gt):
-        module.losses(logits, gt, normalizer)["loss_cls"].backward()
+        if gradient_stats is None:
+            module.losses(logits, gt, normalizer)["loss_cls"].backward()
+            return
+        loss = module.losses(gradient_stats.observe(logits, gt), gt, normalizer)["loss_cls"]
+        gradient_stats.watch_loss(loss).backward()
 
     return step
 
 
-def run_case(args):
+def _synchronize(device):
     import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(step, logits, gt, device):
+    _synchronize(device)
+    start = time.perf_counter()
+    step(logits, gt)
+    _synchronize(device)
+    logits.grad = None
+    return time.perf_counter() - start
+
+
+def _setup(args):
+    import torch
+
+    from lt_d2.classifiers.compile import set_compile_enabled
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    # Measured on the development machine (AMD EPYC, glibc): log1p-based kernels (softplus,
+    # Measured on the development machine (AMD EPYC, glibc): log1p-based ATen kernels (softplus,
     # BCE-with-logits, logaddexp) run 4-6x faster in a process that has once run the
-    # vectorised pow with a tensor exponent (8 elements do not trigger it, 64k do), a
-    # process-wide state that then persists. EFL's kernel makes such a call itself, fvcore's
-    # and plain focal loss's do not; one call here puts every case in the same state.
+    # vectorised pow with a tensor exponent, a process-wide state that then persists; one such
+    # call here gives the eager baseline its faster state.
     torch.pow(torch.rand(1 << 16), torch.rand(1 << 16))
-    logits, gt = _inputs(args.anchors, args.classes)
-    normalizer = max(float((gt >= 0).sum() - (gt == args.classes).sum()), 1.0)
-    step = _case_step(args.case, args.classes, normalizer)
-    result = {"threads": torch.get_num_threads()}
+    set_compile_enabled(not args.eager)
+    logits, gt = _inputs(args.anchors, args.classes, args.device)
+    normalizer = max(float(((gt >= 0) & (gt < args.classes)).sum()), 1.0)
+    return logits, gt, normalizer
 
-    if args.mode == "memory":
+
+def run_memory(args):
+    import torch
+
+    logits, gt, normalizer = _setup(args)
+    step = _case_step(args.case, args.classes, normalizer, args.device)
+    step(logits, gt)  # first call: compilation
+    logits.grad = None
+    size = logits.numel() * logits.element_size()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(logits, gt)
+        torch.cuda.synchronize()
+        extra = (torch.cuda.max_memory_allocated() - before) / size
+    else:
         _reset_peak_rss()
         before = _kib("VmRSS")
         step(logits, gt)
-        peak = _kib("VmHWM")
-        result["extra_peak"] = (peak - before) / (logits.numel() * logits.element_size() / 1024)
-    else:
-        step(logits, gt)  # warm-up
-        logits.grad = None
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            step(logits, gt)
-            times.append(time.perf_counter() - start)
-            logits.grad = None
-        result.update(best_s=min(times), median_s=statistics.median(times))
-    print(json.dumps(result))
+        extra = (_kib("VmHWM") - before) * 1024 / size
+    print(json.dumps({"extra_peak": extra}))
+
+
+def run_time(args):
+    import torch
+
+    logits, gt, normalizer = _setup(args)
+    steps = {c: _case_step(c, args.classes, normalizer, args.device) for c in args.cases}
+    first = {c: _timed(s, logits, gt, args.device) for c, s in steps.items()}
+    for s in steps.values():
+        _timed(s, logits, gt, args.device)  # warm-up
+    times = {c: [] for c in steps}
+    for r in range(args.rounds):
+        for c in list(steps)[:: 1 if r % 2 == 0 else -1]:
+            times[c].append(_timed(steps[c], logits, gt, args.device))
+
+    def ratio(case, base):
+        if base not in times:
+            return None
+        return statistics.median(a / b for a, b in zip(times[case], times[base]))
+
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "first_s": first,
+                "median_s": {c: statistics.median(t) for c, t in times.items()},
+                "spread_s": {c: [min(t), max(t)] for c, t in times.items()},
+                "per_fvcore": {c: ratio(c, BASELINE) for c in times},
+                "per_no_stats": {c: ratio(c, c.partition("+")[0]) for c in times if "+" in c},
+            }
+        )
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--anchors", type=int, default=50000)
     parser.add_argument("--classes", type=int, default=1203)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="0: torch's default")
+    parser.add_argument("--eager", action="store_true", help="lt_d2's losses not compiled")
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # subprocess mode
     parser.add_argument("--mode", choices=["memory", "time"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.case:
-        run_case(args)
+    if args.mode == "memory":
+        run_memory(args)
+        return
+    if args.mode == "time":
+        run_time(args)
         return
 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    results = {}
-    for case in args.cases:
-        results[case] = {}
-        for mode, extra_env in (("memory", {"MALLOC_MMAP_THRESHOLD_": "65536"}), ("time", {})):
-            cmd = [sys.executable, __file__, "--case", case, "--mode", mode] + [
-                f"--{k}={getattr(args, k)}" for k in ("anchors", "classes", "repeats", "threads")
-            ]
-            out = subprocess.run(
-                cmd, env=dict(env, **extra_env), check=True, capture_output=True, text=True
-            ).stdout
-            results[case].update(json.loads(out.strip().splitlines()[-1]))
-        print(f"  done {case}: {results[case]}", file=sys.stderr, flush=True)
+    common = [f"--{k}={getattr(args, k)}" for k in ("device", "anchors", "classes", "threads")]
+    common += ["--eager"] if args.eager else []
 
-    base = results.get(BASELINE)
+    def run(extra, extra_env=None):
+        cmd = [sys.executable, __file__] + common + extra
+        out = subprocess.run(
+            cmd, env=dict(env, **(extra_env or {})), check=True, capture_output=True, text=True
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    timing = run(["--mode", "time", f"--rounds={args.rounds}", "--cases", *args.cases])
+    print(f"  timed: {timing}", file=sys.stderr, flush=True)
+    memory = {}
+    pinned = {"MALLOC_MMAP_THRESHOLD_": "65536"} if args.device == "cpu" else {}
+    for case in args.cases:
+        memory[case] = run(["--mode", "memory", "--case", case], pinned)["extra_peak"]
+        print(f"  memory {case}: {memory[case]:.2f}x", file=sys.stderr, flush=True)
+
+    median = timing["median_s"]
     size_mb = args.anchors * args.classes * 4 / 2**20
     print(
         f"N = {args.anchors} anchors x C = {args.classes} classes (logits {size_mb:.0f} MiB), "
-        f"threads = {next(iter(results.values()))['threads']}, best of {args.repeats}"
+        f"device {args.device}, threads = {timing['threads']}, median of {args.rounds} rounds, "
+        f"{'eager' if args.eager else 'compiled'}"
     )
-    print(f"{'case':<20}{'fwd+bwd s':>11}{'median s':>10}{'time / fvcore':>15}{'extra peak':>12}")
-    for case, r in results.items():
-        ratio = f"{r['best_s'] / base['best_s']:.2f}x" if base else "-"
+    header = ("case", "median s", "/ fvcore", "/ no stats", "extra peak", "first call s")
+    print(f"{header[0]:<20}" + "".join(f"{h:>14}" for h in header[1:]))
+    for case in args.cases:
+        per_fvcore = timing["per_fvcore"][case]
+        ratio = f"{per_fvcore:.2f}x" if per_fvcore is not None else "-"
+        per_plain = timing["per_no_stats"].get(case)
+        stats = f"{per_plain:.2f}x" if per_plain is not None else "-"
         print(
-            f"{case:<20}{r['best_s']:>11.2f}{r['median_s']:>10.2f}{ratio:>15}"
-            f"{r['extra_peak']:>11.2f}x"
+            f"{case:<20}{median[case]:>14.3f}{ratio:>14}{stats:>14}{memory[case]:>13.2f}x"
+            f"{timing['first_s'][case]:>14.2f}"
         )
-    if "naive_efl" in results and "lt_d2_efl" in results:
-        speedup = results["naive_efl"]["best_s"] / results["lt_d2_efl"]["best_s"]
-        print(f"lt_d2_efl is {speedup:.1f}x faster than naive_efl")
-    print("extra peak: peak resident set during one fwd+bwd beyond the inputs, / logits' size")
+    print(
+        "/ fvcore, / no stats: medians over rounds of the ratio within a round; extra peak: "
+        "peak memory during one fwd+bwd beyond the inputs, / logits' size; first call: "
+        "includes compilation"
+    )
 
 
 if __name__ == "__main__":

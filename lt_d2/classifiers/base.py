@@ -11,11 +11,13 @@ L = ``num_logits``.
 """
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.utils.registry import Registry
 from torch import nn
+
+from .checks import check_dense_inputs, check_gt_classes, check_logit_count
 
 __all__ = [
     "CLASSIFIER_REGISTRY",
@@ -50,8 +52,9 @@ class Classifier(nn.Module):
     """Base class of two-stage classifiers.
 
     Subclasses implement :attr:`num_logits`, :meth:`losses` and :meth:`predict_probs`, and
-    override :meth:`init_bias`, :meth:`logit_columns` and :meth:`accumulated_gradients`
-    where their method needs it.
+    override :meth:`init_bias` and :meth:`logit_columns` where their method needs it.
+    ``losses`` starts with :meth:`check_inputs` and computes the loss with the method's pure
+    loss function (:func:`lt_d2.classifiers.compile.compiled_loss`).
 
     A method defined by the training set's category statistics (EQL's tail, BAGS's groups,
     ...) sets the class attribute ``uses_category_stats = True``; only then does the builder
@@ -61,17 +64,12 @@ class Classifier(nn.Module):
     #: Whether ``from_config`` takes the training set's CategoryStats (``category_stats``).
     uses_category_stats: bool = False
 
-    #: Whether ``losses`` takes a keyword ``gradient_sink`` (a callable) and calls it in
-    #: backward with the (C,) positive and negative magnitudes of the gradient reaching the
-    #: categories' logit columns, summed over rows, as its fused kernel computes them anyway;
-    #: GradientStats then needs no hook re-reading the logit gradient (FocalLoss).
-    computes_gradient_sums: bool = False
-
     def __init__(self, *, num_classes: int):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self._labels_checked = False  # the label range is read on the host once
 
     @property
     def num_logits(self) -> int:
@@ -90,6 +88,21 @@ class Classifier(nn.Module):
         """
         raise NotImplementedError
 
+    def check_inputs(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> None:
+        """The checks every two-stage ``losses`` starts with: (R, num_logits) floating logits,
+        (R,) integer labels; their range [0, C] until a non-empty batch has passed (it needs
+        the values on the host; later steps stay free of host-device syncs)."""
+        method = type(self).__name__
+        check_gt_classes(
+            logits,
+            gt_classes,
+            self.num_classes,
+            method=method,
+            check_values=not self._labels_checked,
+        )
+        check_logit_count(logits, self.num_logits, method)
+        self._labels_checked = self._labels_checked or gt_classes.numel() > 0
+
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """(R, L) logits -> (R, C + 1) scores, last column background (detectron2's layout)."""
         raise NotImplementedError
@@ -107,11 +120,6 @@ class Classifier(nn.Module):
         ``NotImplementedError`` with the reason.
         """
         return list(range(self.num_classes))
-
-    def accumulated_gradients(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """(C,), (C,) accumulated positive and negative logit-gradient magnitudes, for
-        classifiers that keep them as state anyway (EQL v2, EFL); None otherwise."""
-        return None
 
     def balance_weights(self) -> Dict[str, torch.Tensor]:
         """The per-category (C,) weights a stateful method currently applies, by name (e.g.
@@ -135,6 +143,21 @@ class DenseClassifier(Classifier):
         self, logits: torch.Tensor, gt_classes: torch.Tensor, normalizer: float
     ) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def check_inputs(  # type: ignore[override]
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, normalizer: float
+    ) -> None:
+        """(N, C) floating logits, (N,) integer labels (range [-1, C] checked on the first
+        non-empty batch has passed), a normaliser > 0."""
+        check_dense_inputs(
+            type(self).__name__,
+            logits,
+            gt_classes,
+            self.num_classes,
+            normalizer,
+            check_values=not self._labels_checked,
+        )
+        self._labels_checked = self._labels_checked or gt_classes.numel() > 0
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()

@@ -7,6 +7,7 @@ from detectron2.config import CfgNode
 from lt_d2.data import CategoryStats, category_stats_from_cfg
 
 from .base import CLASSIFIER_REGISTRY, DENSE_CLASSIFIER_REGISTRY, Classifier, DenseClassifier
+from .compile import set_compile_enabled
 
 __all__ = ["build_classifier", "build_dense_classifier"]
 
@@ -18,7 +19,9 @@ def _registered(registry) -> str:
 def _build(cfg: CfgNode, cls, num_classes: int, category_stats: Optional[CategoryStats]):
     """``cls`` built from ``cfg``. Category statistics reach only a class that declares
     ``uses_category_stats``; they are computed from ``cfg.DATASETS.TRAIN`` when not given, and
-    refused when their category count is not the model's."""
+    refused when their category count is not the model's. ``cfg.MODEL.COMPILE_LOSSES`` turns
+    compilation of the loss functions on or off (process-wide)."""
+    set_compile_enabled(cfg.MODEL.COMPILE_LOSSES)
     if category_stats is None and cls.uses_category_stats:
         try:
             category_stats = category_stats_from_cfg(cfg)

@@ -7,22 +7,27 @@ from samples whose label is j (positives) and the part coming from every other s
 over iterations (eq. 9's numerator and denominator); their ratio tells whether category j is
 trained in balance.
 
-:class:`GradientStats` measures exactly the gradient that reaches the logits in backward,
-whatever the classifier, with a tensor hook (no second backward, no host sync), or, for a
-classifier whose fused kernel computes these sums anyway (``computes_gradient_sums``:
-FocalLoss), through a sink the classifier calls in its backward pass (no second pass over the
-logit gradient; :meth:`GradientStats.gradient_sink`). It accumulates
-it on the device in registered buffers (checkpointed with the model) and all-reduces across
-workers only when asked (:meth:`GradientStats.synced`, called at logging time). A category
-whose gradient is not finite in a step is skipped and counted, never added
-(:func:`lt_d2.classifiers.state.add_finite_`; the trainer warns, naming the categories).
+The one route: :class:`GradientStats` measures the gradient that actually reaches the logits
+in backward, whatever the classifier, with a tensor hook on the logits (no second backward, no
+host sync), reduced per category by the pure function :func:`positive_negative_sums`
+(compiled like the losses). A second hook on the classifier's ``loss_cls`` captures the
+gradient arriving there, which is the loss scale (GradScaler) times the weight a head puts on
+the loss; the sums are divided by it, so they are the magnitudes of the gradient of the
+classifier's own loss, unscaled, with or without mixed precision. A stateful classifier's own
+sums (EQL v2, EFL) are its method's state, computed in closed form inside its loss; the
+diagnostics never read them.
+
+The sums accumulate on the device in registered buffers (checkpointed with the model) and are
+all-reduced across workers only when asked (:meth:`GradientStats.synced`, called at logging
+time). A category whose gradient is not finite in a step is skipped and counted, never added
+(:func:`lt_d2.classifiers.state.add_finite_`): under a GradScaler that is an overflow, a step
+the scaler skips as well; without one the trainer warns that the model diverges.
 
 Shape shorthand: R = ROIs (two-stage) or anchors (dense), C = foreground classes,
 L = the classifier's ``num_logits``.
 """
 
-import logging
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.utils import comm
@@ -30,17 +35,15 @@ from torch import nn
 
 from .base import Classifier
 from .checks import check_observed_inputs
+from .compile import column_sums, compiled_loss
 from .state import add_finite_, all_reduce_sum, register_nonfinite_counter
 
 __all__ = [
     "GradientStats",
     "GradientBalance",
-    "gradient_balance",
     "gradient_ratio",
     "positive_negative_sums",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class GradientBalance(NamedTuple):
@@ -61,6 +64,7 @@ def gradient_ratio(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return torch.where(neg > 0, pos / neg.clamp(min=torch.finfo(neg.dtype).tiny), pos * 0)
 
 
+@compiled_loss
 def positive_negative_sums(
     grad: torch.Tensor, gt_classes: torch.Tensor, columns: Optional[torch.Tensor], num_classes: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +90,7 @@ def positive_negative_sums(
         (C,), (C,) float32 positive and negative sums.
     """
     scores = grad[:, :num_classes] if columns is None else grad.index_select(1, columns)
-    total = torch.linalg.vector_norm(scores, ord=1, dim=0, dtype=torch.float32)
+    total = column_sums(scores.abs().float())
     is_fg = (gt_classes >= 0) & (gt_classes < num_classes)
     label = torch.where(is_fg, gt_classes, gt_classes.new_zeros(()))
     own = scores.gather(1, label[:, None])[:, 0].abs().float() * is_fg
@@ -97,21 +101,16 @@ def positive_negative_sums(
 class GradientStats(nn.Module):
     """Accumulates the positive and negative logit gradients of one classifier, per category.
 
-    Heads own one as a submodule and route the classification logits through
-    :meth:`observe` right before the classifier's loss::
+    Heads own one as a submodule, route the classification logits through :meth:`observe`
+    right before the classifier's loss and the loss through :meth:`watch_loss` right after::
 
         logits = self.gradient_stats.observe(logits, gt_classes)
         losses = self.classifier.losses(logits, gt_classes, ...)
+        losses["loss_cls"] = self.gradient_stats.watch_loss(losses["loss_cls"])
 
-    Where the classifier keeps these sums as its own state (``accumulated_gradients()`` is
-    not None: EQL v2, EFL), nothing is computed twice: :meth:`observe` does nothing and
-    :func:`gradient_balance` reads the classifier's sums. Where the classifier computes them
-    in its backward pass (``computes_gradient_sums``: FocalLoss), :meth:`observe` does nothing
-    either and the head passes :meth:`gradient_sink` to the classifier's loss::
-
-        losses = self.classifier.losses(logits, gt_classes, ..., gradient_sink=sink)
-
-    GradientStats holds no reference to the classifier; the head owns both.
+    Without :meth:`watch_loss` the sums are those of the whole gradient reaching the logits
+    (loss scale and outer loss weights included). GradientStats holds no reference to the
+    classifier; the head owns both.
 
     State (registered buffers, saved in checkpoints):
         pos_grad, neg_grad: (C,) sums over all workers as of the last :meth:`synced`.
@@ -149,18 +148,12 @@ class GradientStats(nn.Module):
         self.classifier_name = name
         self._first_columns = columns == list(range(num_classes))
         self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64), False)
-        self._reuses_classifier_state = classifier.accumulated_gradients() is not None
-        self._fed_by_classifier = classifier.computes_gradient_sums
-        if not self._reuses_classifier_state:
-            for buffer in ("pos_grad", "neg_grad", "pos_grad_local", "neg_grad_local"):
-                self.register_buffer(buffer, torch.zeros(num_classes))
-            register_nonfinite_counter(self, num_classes)
-            self.register_load_state_dict_post_hook(_drop_other_workers_increments)
-
-    @property
-    def reuses_classifier_state(self) -> bool:
-        """True when the sums are the classifier's own (EQL v2, EFL) and no hook is used."""
-        return self._reuses_classifier_state
+        for buffer in ("pos_grad", "neg_grad", "pos_grad_local", "neg_grad_local"):
+            self.register_buffer(buffer, torch.zeros(num_classes))
+        # the gradient reaching the watched loss in the current backward (loss scale x weight)
+        self.register_buffer("loss_gradient", torch.ones(()), persistent=False)
+        register_nonfinite_counter(self, num_classes)
+        self.register_load_state_dict_post_hook(_drop_other_workers_increments)
 
     def logit_columns(self) -> List[int]:
         """(C,) logit column of each category (to map final-layer rows to categories)."""
@@ -168,54 +161,60 @@ class GradientStats(nn.Module):
 
     def reset(self) -> None:
         """Forget the accumulated sums (a re-initialised classification layer starts a new
-        history); sums kept by the classifier itself are the classifier's to reset."""
-        if not self._reuses_classifier_state:
-            for buffer in (self.pos_grad, self.neg_grad, self.pos_grad_local, self.neg_grad_local):
-                buffer.zero_()
+        history)."""
+        for buffer in (self.pos_grad, self.neg_grad, self.pos_grad_local, self.neg_grad_local):
+            buffer.zero_()
+
+    def _active(self, x: torch.Tensor) -> bool:
+        return self.training and torch.is_grad_enabled() and x.requires_grad
 
     def observe(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """Return ``logits`` unchanged, watched so that backward accumulates the statistics.
 
         Args:
             logits: (R, L) logits about to be fed to the classifier's loss.
-            gt_classes: (R,) int64 in [-1, C] (-1 ignored, C background).
+            gt_classes: (R,) integer in [-1, C] (-1 ignored, C background).
 
         Returns:
-            (R, L) the same values; use this tensor for the loss. Outside training, without
-            grad, or when the classifier keeps the sums itself, ``logits`` itself.
+            (R, L) the same values; use this tensor for the loss. Outside training or without
+            grad, ``logits`` itself.
         """
-        if (
-            self._reuses_classifier_state
-            or self._fed_by_classifier
-            or not self.training
-            or not torch.is_grad_enabled()
-            or not logits.requires_grad
-        ):
+        if not self._active(logits):
             return logits
         check_observed_inputs(logits, gt_classes)
+        self.loss_gradient.fill_(1.0)  # until watch_loss's hook reports this step's
         labels = gt_classes.detach()
         watched = logits.view_as(logits)
         watched.register_hook(lambda grad: self._accumulate(grad, labels))
         return watched
 
-    def gradient_sink(self) -> Optional[Callable[[torch.Tensor, torch.Tensor], None]]:
-        """For a classifier with ``computes_gradient_sums`` (FocalLoss), in training with grad
-        enabled: the ``gradient_sink`` to pass to its ``losses``, which adds the (C,) positive
-        and negative sums it computes in backward to this worker's increments (skipping and
-        counting non-finite ones, as the hook does). None otherwise."""
-        if not (self._fed_by_classifier and self.training and torch.is_grad_enabled()):
-            return None
-        return self._add_increments
-
-    def _accumulate(self, grad: torch.Tensor, gt_classes: torch.Tensor) -> None:
-        with torch.no_grad():
-            columns = None if self._first_columns else self.columns
-            pos, neg = positive_negative_sums(grad, gt_classes, columns, self.num_classes)
-            self._add_increments(pos, neg)
+    def watch_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Return the classifier's 0-d ``loss`` unchanged, watched so that the gradient
+        arriving at it in backward (GradScaler's scale times the head's loss weight) divides
+        the sums of the same backward: they become the unscaled magnitudes of the gradient of
+        ``loss`` itself. Outside training or without grad, ``loss`` itself."""
+        if not self._active(loss):
+            return loss
+        watched = loss.view_as(loss)
+        watched.register_hook(self._record_loss_gradient)
+        return watched
 
     @torch.no_grad()
-    def _add_increments(self, pos: torch.Tensor, neg: torch.Tensor) -> None:
-        add_finite_((self.pos_grad_local, self.neg_grad_local), (pos, neg), self.nonfinite_updates)
+    def _record_loss_gradient(self, grad: torch.Tensor) -> None:
+        # runs before the logits' hook: the loss is downstream of the logits
+        self.loss_gradient.copy_(grad.reshape(()))
+
+    @torch.no_grad()
+    def _accumulate(self, grad: torch.Tensor, gt_classes: torch.Tensor) -> None:
+        columns = None if self._first_columns else self.columns
+        pos, neg = positive_negative_sums(grad, gt_classes, columns, self.num_classes)
+        # a loss weighted 0 sends 0 to the logits: 0 / 1, not 0 / 0
+        scale = torch.where(self.loss_gradient != 0, self.loss_gradient, 1.0)
+        add_finite_(
+            (self.pos_grad_local, self.neg_grad_local),
+            (pos / scale, neg / scale),
+            self.nonfinite_updates,
+        )
 
     def synced(self) -> GradientBalance:
         """Accumulated sums over all workers (a collective call: every worker must call it).
@@ -223,11 +222,6 @@ class GradientStats(nn.Module):
         This worker's increments are all-reduced (summed) into the totals and reset, so
         calling it at every logging period sums each increment exactly once.
         """
-        if self._reuses_classifier_state:
-            raise RuntimeError(
-                f"GradientStats of {self.classifier_name} keeps no sums of its own (the "
-                f"classifier does): read them with gradient_balance(classifier, stats)"
-            )
         increments = all_reduce_sum(torch.stack([self.pos_grad_local, self.neg_grad_local]))
         self.pos_grad += increments[0]
         self.neg_grad += increments[1]
@@ -237,24 +231,7 @@ class GradientStats(nn.Module):
         return GradientBalance(pos, neg, gradient_ratio(pos, neg))
 
     def extra_repr(self) -> str:
-        if self._reuses_classifier_state:
-            source = "classifier's own sums"
-        else:
-            source = "classifier's backward" if self._fed_by_classifier else "logit hook"
-        return f"classifier={self.classifier_name}, num_classes={self.num_classes}, {source}"
-
-
-def gradient_balance(classifier: Classifier, stats: GradientStats) -> GradientBalance:
-    """The accumulated per-category gradients of ``classifier`` measured by ``stats``, summed
-    over all workers (a collective call when ``stats`` keeps its own sums).
-
-    A classifier that keeps the sums as its state (EQL v2, EFL) is read directly: its state is
-    already equal on all workers.
-    """
-    if not stats.reuses_classifier_state:
-        return stats.synced()
-    pos, neg = (x.detach().float() for x in classifier.accumulated_gradients())
-    return GradientBalance(pos, neg, gradient_ratio(pos, neg))
+        return f"classifier={self.classifier_name}, num_classes={self.num_classes}"
 
 
 def _drop_other_workers_increments(module: GradientStats, incompatible_keys) -> None:

@@ -1,10 +1,11 @@
 """Classifier state kept equal across workers.
 
 EQL v2 (eq. 9), EFL (sec. 3.2) and EQLv2Focal accumulate, per category, the magnitudes of the
-positive and negative gradients reaching its logits over all iterations, images and workers.
-:class:`AccumulatedGradientsMixin` holds them as (C,) float64 buffers (saved in checkpoints)
-and adds each batch's increments summed over workers; :func:`all_reduce_sum` is the one place that
-talks to torch.distributed.
+positive and negative gradients reaching its logits over all iterations, images and workers,
+as their loss functions return them in closed form from float32 (or wider) probabilities, so
+a GradScaler's loss scale never reaches them. :class:`AccumulatedGradientsMixin` holds them
+as (C,) float64 buffers (saved in checkpoints) and adds each batch's increments summed over
+workers; :func:`all_reduce_sum` is the one place that talks to torch.distributed.
 
 Non-finite gradients (a NaN logit, or +inf for the focal losses) are never folded into this
 state: :func:`add_finite_` adds a category's increment only when it is finite and otherwise
@@ -112,7 +113,3 @@ class AccumulatedGradientsMixin:
             (packed[:C] / scale, packed[C : 2 * C] / scale),
             getattr(self, NONFINITE_COUNTER),
         )
-
-    def accumulated_gradients(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(C,), (C,) float64 accumulated positive / negative gradient magnitudes."""
-        return self.pos_grad, self.neg_grad

@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from lt_d2.classifiers.gradient_stats import GradientStats
 from lt_d2.classifiers.state import pop_nonfinite_updates
 from lt_d2.data import CategoryStats
 from lt_d2.evaluation.balance import (
@@ -168,14 +169,22 @@ def build_gradient_balance_hook(cfg, category_stats: CategoryStats) -> Optional[
     return GradientBalanceHook(cfg.DIAGNOSTICS.PERIOD, category_stats, cfg.OUTPUT_DIR)
 
 
-def nonfinite_update_warnings(model: nn.Module, names: Optional[List[str]] = None) -> List[str]:
+def nonfinite_update_warnings(
+    model: nn.Module, names: Optional[List[str]] = None, loss_scaled: bool = False
+) -> List[str]:
     """One message per classifier (or GradientStats) of ``model`` that skipped a non-finite
     per-category update since the last call, naming it and the categories (``names``: the
-    (C,) category names, when known); clears the counters (:func:`pop_nonfinite_updates`)."""
+    (C,) category names, when known); clears the counters (:func:`pop_nonfinite_updates`).
+
+    With ``loss_scaled`` (mixed precision: SOLVER.AMP.ENABLED), a GradientStats's skipped
+    updates are GradScaler overflows, steps the scaler skips too, and not reported; the
+    classifiers' own state is computed from float32 probabilities and still is."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     messages = []
     for module_name, (class_name, counts) in pop_nonfinite_updates(model).items():
+        if loss_scaled and isinstance(model.get_submodule(module_name), GradientStats):
+            continue
         bad = counts.nonzero()[:, 0].tolist()
         cats = [f"{j} ({names[j]})" if names else str(j) for j in bad[:10]]
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -191,14 +200,20 @@ def nonfinite_update_warnings(model: nn.Module, names: Optional[List[str]] = Non
 class NonFiniteStateHook(HookBase):
     """Every ``period`` iterations (and after the last), warn about every stateful classifier
     or GradientStats that skipped a non-finite update (see :mod:`lt_d2.classifiers.state`).
-    One host sync per stateful module per period; each worker reports its own."""
+    One host sync per stateful module per period; each worker reports its own.
+    ``loss_scaled``: training with a GradScaler (see :func:`nonfinite_update_warnings`)."""
 
-    def __init__(self, period: int = 20, names: Optional[List[str]] = None):
+    def __init__(
+        self, period: int = 20, names: Optional[List[str]] = None, loss_scaled: bool = False
+    ):
         self._period = period
         self._names = names
+        self._loss_scaled = loss_scaled
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
         if next_iter % self._period == 0 or next_iter == self.trainer.max_iter:
-            for message in nonfinite_update_warnings(self.trainer.model, self._names):
+            for message in nonfinite_update_warnings(
+                self.trainer.model, self._names, self._loss_scaled
+            ):
                 logger.warning("iteration %d: %s", next_iter, message)

@@ -178,7 +178,11 @@ class LTTrainer(DefaultTrainer):
             later = (hooks.PeriodicCheckpointer, hooks.EvalHook, hooks.PeriodicWriter)
             first = [i for i, h in enumerate(hook_list) if isinstance(h, later)]
             hook_list.insert(first[0] if first else len(hook_list), balance)
-        hook_list.append(NonFiniteStateHook(names=stats.names and list(stats.names)))
+        hook_list.append(
+            NonFiniteStateHook(
+                names=stats.names and list(stats.names), loss_scaled=self.cfg.SOLVER.AMP.ENABLED
+            )
+        )
         return hook_list
 
     @classmethod

@@ -10,7 +10,6 @@ pieces (form "official", the default), and form "rescaled" is ``beta * L_b(x / b
 whose gradient stays exactly eq. (8) evaluated at x / beta. LGR-L1 is rescaled.
 """
 
-import logging
 import math
 from typing import Dict
 
@@ -27,7 +26,6 @@ __all__ = [
     "lgr_l1_loss",
 ]
 
-logger = logging.getLogger(__name__)
 
 BOX_REGRESSION_LOSSES = ("smooth_l1", "balanced_l1", "lgr_l1")
 # How balanced L1 extends eq. (9) to a transition point beta != 1 (equal at beta = 1).

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lt_d2.classifiers import Classifier
-from lt_d2.classifiers.gradient_stats import GradientBalance, GradientStats, gradient_balance
+from lt_d2.classifiers.gradient_stats import GradientBalance, GradientStats
 
 __all__ = ["ClassifierHead", "classifier_heads"]
 
@@ -53,27 +53,25 @@ class ClassifierHead:
     def classification_losses(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, *args
     ) -> Dict[str, torch.Tensor]:
-        """The classifier's losses of (R, L) ``logits``, observed by the GradientStats first
-        (through its hook, or through the sink it hands a classifier that computes the sums in
-        its own backward pass, ``Classifier.computes_gradient_sums``).
+        """The classifier's losses of (R, L) ``logits``, measured by the GradientStats: its
+        hook on the logits, and on ``loss_cls`` for the loss scale and weight to divide out.
 
         ``args`` are passed on to ``classifier.losses`` (a dense classifier's normaliser).
         """
-        kwargs = {}
-        if self.gradient_stats is not None:
-            logits = self.gradient_stats.observe(logits, gt_classes)
-            sink = self.gradient_stats.gradient_sink()
-            if sink is not None:
-                kwargs["gradient_sink"] = sink
-        return dict(self.classifier.losses(logits, gt_classes, *args, **kwargs))
+        if self.gradient_stats is None:
+            return dict(self.classifier.losses(logits, gt_classes, *args))
+        logits = self.gradient_stats.observe(logits, gt_classes)
+        losses = dict(self.classifier.losses(logits, gt_classes, *args))
+        losses["loss_cls"] = self.gradient_stats.watch_loss(losses["loss_cls"])
+        return losses
 
     def gradient_balance(self) -> Optional[GradientBalance]:
         """Accumulated per-category gradients, summed over all workers (a collective call,
-        see :func:`~lt_d2.classifiers.gradient_stats.gradient_balance`); None without a
+        :meth:`~lt_d2.classifiers.gradient_stats.GradientStats.synced`); None without a
         GradientStats."""
         if self.gradient_stats is None:
             return None
-        return gradient_balance(self.classifier, self.gradient_stats)
+        return self.gradient_stats.synced()
 
 
 def classifier_heads(model: nn.Module) -> List[Tuple[str, ClassifierHead]]:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
-from lt_d2.classifiers import build_classifier, kernels
-from lt_d2.classifiers.two_stage.background_eql import BackgroundEQL
+from lt_d2.classifiers import build_classifier
+from lt_d2.classifiers.two_stage.background_eql import BackgroundEQL, background_eql_weights
 from lt_d2.classifiers.two_stage.eql import EQL
 from lt_d2.config import add_lt_config
 from lt_d2.data.category_stats import CategoryStats
@@ -37,10 +37,7 @@ def _clf(b=4.0):
     return BackgroundEQL(num_classes=C, image_frequency=STATS.image_frequency, lambda_=LAMBDA, b=b)
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 3 * C])  # one chunk, or 3 rows each
-def test_loss_and_gradient_match_eq4(chunk_elements, monkeypatch):
-    if chunk_elements is not None:
-        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
+def test_loss_and_gradient_match_eq4():
     torch.manual_seed(0)
     logits = (torch.randn(8, C, dtype=torch.float64) * 2).requires_grad_(True)
     gt = torch.tensor([0, 4, 6, 6, 6, 6, 2, 5])
@@ -58,8 +55,7 @@ def test_loss_and_gradient_match_eq4(chunk_elements, monkeypatch):
 def test_background_weight_curve():
     # b = 4: a tail score p <= 1/4 drops the term, p = 1/2 halves it, frequent keeps 1
     z = torch.tensor([[math.log(0.2 / 0.8), 0.0, 3.0, -9.0, -9.0, -9.0]], dtype=torch.float64)
-    weights = _clf().weights(z, torch.zeros(1, C, dtype=torch.float64))  # a background ROI
-    w = weights(slice(0, 1), z, torch.sigmoid(z), torch.empty_like(z))  # one row chunk
+    w = background_eql_weights(z, _clf().tail, 4.0)  # as for a background ROI
     expected = [0.0, 0.5, 1 - math.log(1 + math.exp(-3.0)) / math.log(4), 0.0, 1.0, 1.0]
     torch.testing.assert_close(w[0], torch.tensor(expected, dtype=torch.float64))
 

@@ -39,10 +39,9 @@ def ce(z, row, columns, target_column):
 def test_layout():
     model = bags()
     assert model.num_logits == 12 and model.logit_columns() == list(range(6))
-    assert model.group_columns(1).tolist() == [0, 1, 8]
-    assert model.group_columns(2).tolist() == [2, 3, 9]
-    assert model.group_columns(3).tolist() == [4, 10]
-    assert model.group_columns(4).tolist() == [5, 11]
+    # group of each column: G1 = {0, 1, 8}, G2 = {2, 3, 9}, G3 = {4, 10}, G4 = {5, 11},
+    # G0 = {background 6, "others" 7}
+    assert model.column_group.tolist() == [1, 1, 2, 2, 3, 4, 0, 0, 1, 2, 3, 4]
 
 
 def test_loss_and_gradient_all_others_used():
@@ -165,4 +164,5 @@ def test_built_from_config():
     cfg.MODEL.CLASSIFIER.BAGS.GROUP_BOUNDS = [0, 100]
     model = build_classifier(cfg, 6, stats())
     assert model.num_logits == 6 + 2 + 2
-    assert model.group_columns(1).tolist() == [0, 1, 2, 3, 8]
+    # G1 = categories 0-3 and its "others" 8, G2 = categories 4, 5 and "others" 9
+    assert model.column_group.tolist() == [1, 1, 1, 1, 2, 2, 0, 0, 1, 2]

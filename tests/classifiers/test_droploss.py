@@ -2,7 +2,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
-from lt_d2.classifiers import build_classifier, kernels
+from lt_d2.classifiers import build_classifier
 from lt_d2.classifiers.two_stage.droploss import DropLoss, droploss_keep_probs
 from lt_d2.classifiers.two_stage.sigmoid_bce import SigmoidBCE
 from lt_d2.config import add_lt_config
@@ -30,29 +30,22 @@ def _bce_terms(logits, gt):
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)), p, y
 
 
-def _targets(gt):
-    return torch.nn.functional.one_hot(torch.tensor(gt), C + 1)[:, :C].float()
-
-
 def test_keep_probability_eq7():
     # foreground: 1 tail (class 2) and 3 frequent ROIs -> mu = 1/4 for tail categories
-    y = _targets([2, 4, 5, 5, BG, BG])
+    gt = torch.tensor([2, 4, 5, 5, BG, BG])
     tail = TAIL.bool()
     expected = torch.tensor([0.25, 0.25, 0.25, 0.25, 1.0, 1.0])
-    torch.testing.assert_close(droploss_keep_probs(y, tail), expected)
+    torch.testing.assert_close(droploss_keep_probs(gt, tail), expected)
     # eq. 7 as printed: frequent categories get n_frequent / n_all = 3/4
     expected[4:] = 0.75
-    torch.testing.assert_close(droploss_keep_probs(y, tail, frequent_bernoulli=True), expected)
+    torch.testing.assert_close(droploss_keep_probs(gt, tail, frequent_bernoulli=True), expected)
     # no foreground ROI: nothing to rebalance, keep every term
     for frequent_bernoulli in (False, True):
-        mu = droploss_keep_probs(_targets([BG, BG]), tail, frequent_bernoulli)
+        mu = droploss_keep_probs(torch.tensor([BG, BG]), tail, frequent_bernoulli)
         torch.testing.assert_close(mu, torch.ones(C))
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 2 * C])  # one chunk, or 2 rows each
-def test_deterministic_cases_exact_loss_and_gradient(chunk_elements, monkeypatch):
-    if chunk_elements is not None:
-        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
+def test_deterministic_cases_exact_loss_and_gradient():
     torch.manual_seed(0)
     logits = torch.randn(5, C, dtype=torch.float64, requires_grad=True)
     # only frequent foreground -> mu_tail = 0: background ROIs drop every tail term
@@ -73,10 +66,7 @@ def test_deterministic_cases_exact_loss_and_gradient(chunk_elements, monkeypatch
     torch.testing.assert_close(_clf().losses(logits, gt)["loss_cls"], (w * terms).sum() / 5)
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 2 * C])
-def test_seeded_generator_exact_values(chunk_elements, monkeypatch):
-    if chunk_elements is not None:  # the draws are made at once, read per chunk
-        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
+def test_seeded_generator_exact_values():
     torch.manual_seed(0)
     logits = torch.randn(6, C, dtype=torch.float64)
     gt = torch.tensor([2, 4, 5, 5, BG, BG])  # mu_tail = 1/4
@@ -130,7 +120,7 @@ def test_config_extreme_logits_empty_and_bad_input():
     loss.backward()
     assert loss.item() == 0.0
     with pytest.raises(ValueError, match="gt_classes must lie in"):
-        clf.losses(torch.zeros(1, C), torch.tensor([7]))
+        build_classifier(cfg, C, STATS).losses(torch.zeros(1, C), torch.tensor([7]))
     # predict_probs is the sigmoid family's
     z = torch.randn(3, C)
     torch.testing.assert_close(clf.predict_probs(z), SigmoidBCE(num_classes=C).predict_probs(z))

@@ -81,8 +81,6 @@ def test_three_batches_match_the_paper():
     # the sequence actually reweights: by the third batch weights are far from 1
     q, r = paper_weights(pos_acc, neg_acc)
     assert (q - 1).abs().max() > 0.1 and (r - 1).abs().max() > 0.1
-    pos, neg = model.accumulated_gradients()
-    assert pos is model.pos_grad and neg is model.neg_grad
 
 
 def test_initial_state_is_plain_sigmoid_bce():
@@ -250,36 +248,64 @@ def test_built_from_config():
     assert model.num_logits == 12 and model.logit_columns() == list(range(5))
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 8])  # one chunk, or 2 rows each
-def test_softmax2_bce_function_matches_autograd_of_pairwise_softmax(chunk_elements, monkeypatch):
-    """one_hot_weighted_softmax2_bce with per-term r_ij and an upstream gradient != 1 against
-    -sum w log softmax(pair) / R written with F.softmax and differentiated by autograd."""
+def test_softmax2c_loss_function_matches_autograd_of_pairwise_softmax():
+    """eqlv2_softmax2c_loss with an upstream gradient != 1 against
+    -sum w log softmax(pair) / R written with F.softmax and differentiated by autograd; its
+    gradient sums are eqs. 7-8 on the pair probabilities."""
     from torch.nn import functional as F
 
-    from lt_d2.classifiers import kernels
-    from lt_d2.classifiers.kernels import one_hot_weighted_softmax2_bce
-
-    if chunk_elements is not None:
-        monkeypatch.setattr(kernels, "_BCE_CHUNK_ELEMENTS", chunk_elements)
+    from lt_d2.classifiers.two_stage.eqlv2_softmax2c import eqlv2_softmax2c_loss
 
     torch.manual_seed(0)
-    R, K = 5, 4
+    R, C = 5, 3
+    K = C + 1
     logits = (torch.randn(R, 2 * K, dtype=torch.float64) * 3).requires_grad_(True)
-    rows, cols = torch.tensor([0, 0, 2, 4]), torch.tensor([1, 3, 0, 3])
-    q = torch.rand(K, dtype=torch.float64) + 1.0
-    r = torch.rand(R, K, dtype=torch.float64)
+    gt = torch.tensor([1, 3, 0, 3, 2])
+    q = torch.rand(C, dtype=torch.float64) + 1.0
+    r = torch.rand(C, dtype=torch.float64)
     y = torch.zeros(R, K, dtype=torch.float64)
-    y[rows, cols] = 1.0
+    for i, c in enumerate(gt.tolist()):
+        if c < C:
+            y[i, c] = y[i, C] = 1.0
     p_yes = F.softmax(torch.stack([logits[:, :K], logits[:, K:]], dim=2), dim=2)[..., 0]
-    w = y * q + (1 - y) * r
+    one = torch.ones(1, dtype=torch.float64)
+    wq, wr = torch.cat([q, one]), torch.cat([r, one])
+    w = y * wq + (1 - y) * wr
     expected = -(w * (y * p_yes.log() + (1 - y) * (1 - p_yes).log())).sum() / R
     (exp_grad,) = torch.autograd.grad(3.0 * expected, logits)
-    loss, pos_sum, neg_sum = one_hot_weighted_softmax2_bce(logits, rows, cols, q, r)
+    loss, pos_sum, neg_sum = eqlv2_softmax2c_loss(logits, gt, q, r)
     (3.0 * loss).backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(logits.grad, exp_grad)
     p = p_yes.detach()
-    torch.testing.assert_close(pos_sum, (y * q * (1 - p)).sum(dim=0))
-    torch.testing.assert_close(neg_sum, ((1 - y) * r * p).sum(dim=0))
-    with pytest.raises(ValueError, match="2K"):
-        one_hot_weighted_softmax2_bce(torch.zeros(2, 3), rows[:0], cols[:0], q[:3], q[:3])
+    torch.testing.assert_close(pos_sum, (y * wq * (1 - p)).sum(dim=0)[:C])
+    torch.testing.assert_close(neg_sum, ((1 - y) * wr * p).sum(dim=0)[:C])
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gradient_sums_over_several_row_blocks(compiled):
+    """R = 150 ROIs (the sums run over blocks of 64 rows, then the 22 left): the state after a
+    step with non-trivial weights is eq. 9's update written out (paper_step), eagerly and
+    compiled."""
+    from helpers.compiled_losses import assert_compiled_matches_eager
+
+    C, R = 4, 150
+    pos_acc, neg_acc = [0.3, 0.02, 0.5, 0.1], [1.0, 2.0, 0.4, 0.1]
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(R, C + 1, generator=g, dtype=torch.float64) * 2.0
+    gt = torch.randint(0, C + 1, (R,), generator=g)
+
+    def build():
+        model = CLASSIFIER_REGISTRY.get("EQLv2")(num_classes=C).train()
+        model.pos_grad.copy_(torch.tensor(pos_acc, dtype=torch.float64))
+        model.neg_grad.copy_(torch.tensor(neg_acc, dtype=torch.float64))
+        return model
+
+    if compiled:
+        assert_compiled_matches_eager(build, z.float(), gt, steps=1)
+        return
+    model = build()
+    model.losses(z.clone().requires_grad_(True), gt)["loss_cls"].backward()
+    _, _, new_pos, new_neg = paper_step(z, gt, pos_acc, neg_acc)
+    torch.testing.assert_close(model.pos_grad, torch.tensor(new_pos, dtype=torch.float64))
+    torch.testing.assert_close(model.neg_grad, torch.tensor(new_neg, dtype=torch.float64))

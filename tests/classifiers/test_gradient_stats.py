@@ -1,5 +1,6 @@
 """GradientStats against the analytic logit gradients written out here (EQL v2 eqs. 3-4 for a
-sigmoid classifier, (p - onehot) / R for softmax cross entropy, dL/dx of sigmoid focal loss)."""
+sigmoid classifier, (p - onehot) / R for softmax cross entropy, dL/dx of sigmoid focal loss),
+unscaled under a loss scale and an outer loss weight, in float32 and fp16."""
 
 from typing import Dict, List
 
@@ -8,10 +9,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lt_d2.classifiers import CLASSIFIER_REGISTRY, Classifier, kernels
+from lt_d2.classifiers import CLASSIFIER_REGISTRY, Classifier
+from lt_d2.classifiers.compile import set_compile_enabled
 from lt_d2.classifiers.dense.focal import FocalLoss
-from lt_d2.classifiers.gradient_stats import GradientStats, gradient_balance, gradient_ratio
+from lt_d2.classifiers.gradient_stats import (
+    GradientStats,
+    gradient_ratio,
+    positive_negative_sums,
+)
 from lt_d2.classifiers.state import pop_nonfinite_updates
+from lt_d2.engine.hooks import nonfinite_update_warnings
 
 from helpers.gloo import run_on_gloo_workers
 
@@ -62,16 +69,6 @@ class _Interleaved(_Softmax):
 class _Opaque(_Softmax):
     def logit_columns(self) -> List[int]:
         raise NotImplementedError("groups share logits")
-
-
-class _Stateful(_Sigmoid):
-    def __init__(self, *, num_classes):
-        super().__init__(num_classes=num_classes)
-        self.register_buffer("pos_grad", torch.arange(1.0, num_classes + 1))
-        self.register_buffer("neg_grad", torch.full((num_classes,), 4.0))
-
-    def accumulated_gradients(self):
-        return self.pos_grad, self.neg_grad
 
 
 def _problem(seed: int, rows: int = 9):
@@ -188,64 +185,88 @@ def focal_sums(x: torch.Tensor, gt: torch.Tensor, alpha: float, gamma: float, sc
     return pos, neg
 
 
-class _HookedFocal(FocalLoss):
-    """FocalLoss measured by GradientStats's hook instead of its own backward."""
+def _head_step(stats, classifier, x, gt, *args, weight=1.0, scale=1.0):
+    """What a head and GradScaler do: observe, loss, watch_loss, weight, scale, backward."""
+    z = x.clone().requires_grad_(True)
+    loss = classifier.losses(stats.observe(z, gt), gt, *args)["loss_cls"]
+    (scale * weight * stats.watch_loss(loss)).backward()
+    return z.grad
 
-    computes_gradient_sums = False
 
-
-@pytest.mark.parametrize("chunk_elements", [None, 2 * C])
-def test_focal_loss_sums_from_its_backward_equal_the_analytic_split_and_the_hook(
-    chunk_elements, monkeypatch
-):
-    if chunk_elements is not None:  # several chunks in the fused kernel
-        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", chunk_elements)
-    fused, hooked = FocalLoss(num_classes=C), _HookedFocal(num_classes=C)
-    fused_stats, hooked_stats = GradientStats(fused).train(), GradientStats(hooked).train()
+@pytest.mark.parametrize("scale", [1.0, 1024.0])
+def test_focal_loss_sums_are_the_unscaled_analytic_split(scale):
+    """The hook measures FocalLoss's logit gradient; the loss scale and the head's loss weight
+    (2.5) are divided out: the sums are those of loss_cls itself."""
+    classifier = FocalLoss(num_classes=C)
+    stats = GradientStats(classifier).train()
     want_pos = torch.zeros(C, dtype=torch.float64)
     want_neg = torch.zeros(C, dtype=torch.float64)
-    normalizer, outer = 3.0, 2.5  # an outer loss weight reaches the sums, as in the hook
+    normalizer = 3.0
     for step in range(3):
         gt = _problem(10 + step, rows=11)
         x = torch.randn(gt.shape[0], C, generator=torch.Generator().manual_seed(step)) * 3
-        z = x.clone().requires_grad_(True)
-        assert fused_stats.observe(z, gt) is z  # no hook: the classifier's backward feeds it
-        loss = fused.losses(z, gt, normalizer, gradient_sink=fused_stats.gradient_sink())
-        (outer * loss["loss_cls"]).backward()
-        z2 = x.clone().requires_grad_(True)
-        loss = hooked.losses(hooked_stats.observe(z2, gt), gt, normalizer)
-        (outer * loss["loss_cls"]).backward()
-        torch.testing.assert_close(z.grad, z2.grad)
-        pos, neg = focal_sums(x, gt, fused.alpha, fused.gamma, outer / normalizer)
+        grad = _head_step(stats, classifier, x, gt, normalizer, weight=2.5, scale=scale)
+        pos, neg = focal_sums(x, gt, classifier.alpha, classifier.gamma, 1.0 / normalizer)
+        torch.testing.assert_close(  # the gradient itself is scaled and weighted
+            grad.abs().sum().double(), 2.5 * scale * (pos + neg).sum(), rtol=1e-5, atol=0
+        )
         want_pos += pos
         want_neg += neg
-    got, hook = fused_stats.synced(), hooked_stats.synced()
+    got = stats.synced()
     torch.testing.assert_close(got.pos.double(), want_pos, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got.neg.double(), want_neg, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got.pos, hook.pos, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got.neg, hook.neg, rtol=1e-5, atol=1e-7)
-    # the same buffers as with the hook: checkpoints keep their layout
-    assert list(fused_stats.state_dict()) == list(hooked_stats.state_dict())
 
 
-def test_focal_loss_sink_only_in_training_with_grad():
-    stats = GradientStats(FocalLoss(num_classes=C)).eval()
-    assert stats.gradient_sink() is None
-    stats.train()
-    with torch.no_grad():
-        assert stats.gradient_sink() is None
-    assert stats.gradient_sink() is not None
-    assert GradientStats(_HookedFocal(num_classes=C)).train().gradient_sink() is None
+def test_half_logits_under_a_loss_scale_give_float32_sums():
+    """fp16 logits, GradScaler's 65536 and a loss weight: the sums are the float32 unscaled
+    ones within fp16 rounding of the summed entries."""
+    classifier = FocalLoss(num_classes=C)
+    stats = GradientStats(classifier).train()
+    gt = _problem(20, rows=200)
+    x = (torch.randn(200, C, generator=torch.Generator().manual_seed(3)) * 2 - 4).half()
+    _head_step(stats, classifier, x, gt, 7.0, weight=2.0, scale=65536.0)
+    pos, neg = focal_sums(x.double(), gt, classifier.alpha, classifier.gamma, 1.0 / 7.0)
+    got = stats.synced()
+    torch.testing.assert_close(got.pos.double(), pos, rtol=2e-3, atol=0)
+    torch.testing.assert_close(got.neg.double(), neg, rtol=2e-3, atol=0)
+
+
+def test_loss_scale_overflow_is_skipped_and_not_reported_as_divergence():
+    """A loss scale too large for fp16 logit gradients (inf: the step GradScaler skips) adds
+    nothing; under mixed precision the trainer does not call that divergence, without it it
+    does."""
+    model = torch.nn.Module()
+    model.classifier = FocalLoss(num_classes=C)
+    model.stats = GradientStats(model.classifier).train()
+    gt = torch.tensor([0, 1, 2, 3, C])
+    x = torch.zeros(5, C).half()  # |dL/dz| ~ 0.1: x 2^20 overflows fp16
+    grad = _head_step(model.stats, model.classifier, x, gt, 1.0, scale=2.0**20)
+    assert not torch.isfinite(grad).all()
+    got = model.stats.synced()
+    assert got.pos.abs().sum() == 0 and got.neg.abs().sum() == 0
+    assert nonfinite_update_warnings(model, loss_scaled=True) == []
+    _head_step(model.stats, model.classifier, x, gt, 1.0, scale=2.0**20)
+    (message,) = nonfinite_update_warnings(model, loss_scaled=False)
+    assert "GradientStats ('stats')" in message and "diverges" in message
+
+
+def test_loss_weighted_zero_adds_nothing_and_is_no_divergence():
+    classifier = FocalLoss(num_classes=C)
+    stats = GradientStats(classifier).train()
+    gt = _problem(7)
+    _head_step(stats, classifier, torch.randn(gt.shape[0], C), gt, 1.0, weight=0.0)
+    got = stats.synced()
+    assert got.pos.abs().sum() == 0 and got.neg.abs().sum() == 0
+    assert pop_nonfinite_updates(stats) == {}
 
 
 def test_nonfinite_focal_sums_are_skipped_and_counted():
     classifier = FocalLoss(num_classes=C)
     stats = GradientStats(classifier).train()
     gt = torch.tensor([0, 1, C, C])
-    z = torch.randn(4, C)
-    z[2, 3] = float("nan")  # category 3's negative sum is NaN, the others finite
-    z.requires_grad_(True)
-    classifier.losses(z, gt, 1.0, gradient_sink=stats.gradient_sink())["loss_cls"].backward()
+    x = torch.randn(4, C)
+    x[2, 3] = float("nan")  # category 3's negative sum is NaN, the others finite
+    _head_step(stats, classifier, x, gt, 1.0)
     got = stats.synced()
     assert torch.isfinite(got.pos).all() and torch.isfinite(got.neg).all()
     assert got.neg[3] == 0 and (got.neg[:3] > 0).all()
@@ -253,16 +274,20 @@ def test_nonfinite_focal_sums_are_skipped_and_counted():
     assert counts.tolist() == [0, 0, 0, 1]
 
 
-def test_eqlv2_state_is_reused():
+def test_stateful_classifier_is_measured_by_the_hook_like_any_other():
+    """EQL v2 keeps its own accumulated gradients as method state; GradientStats measures the
+    gradient reaching its logits independently, and one step of both agrees (both are the
+    magnitudes of the gradient of EQL v2's loss, eqs. 7-8)."""
     classifier = CLASSIFIER_REGISTRY.get("EQLv2")(num_classes=C).train()
     stats = GradientStats(classifier).train()
-    assert stats.reuses_classifier_state
+    assert {"pos_grad", "neg_grad"} <= set(stats.state_dict())
     gt = _problem(6).clamp(min=0)
-    _train_step(stats, classifier, torch.randn(gt.shape[0], classifier.num_logits), gt)
-    got = gradient_balance(classifier, stats)
+    x = torch.randn(gt.shape[0], classifier.num_logits)
+    _head_step(stats, classifier, x, gt, weight=3.0)
+    got = stats.synced()
     assert got.pos.sum() > 0
-    torch.testing.assert_close(got.pos, classifier.pos_grad.float())
-    torch.testing.assert_close(got.neg, classifier.neg_grad.float())
+    torch.testing.assert_close(got.pos, classifier.pos_grad.float(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.neg, classifier.neg_grad.float(), rtol=1e-5, atol=1e-7)
 
 
 def test_observe_is_transparent_and_inactive_outside_training():
@@ -315,18 +340,17 @@ def test_state_survives_save_and_load():
     torch.testing.assert_close(got.neg, expected.neg)
 
 
-def test_reuses_classifier_state_without_hook():
-    classifier = _Stateful(num_classes=C)
-    stats = GradientStats(classifier).train()
-    assert stats.reuses_classifier_state
-    assert list(stats.state_dict()) == []  # nothing stored twice
-    z = torch.randn(5, C, requires_grad=True)
-    assert stats.observe(z, torch.zeros(5, dtype=torch.long)) is z
-    with pytest.raises(RuntimeError, match="keeps no sums of its own"):
-        stats.synced()
-    got = gradient_balance(classifier, stats)
-    torch.testing.assert_close(got.pos, torch.arange(1.0, C + 1))
-    torch.testing.assert_close(got.ratio, torch.arange(1.0, C + 1) / 4.0)
+@pytest.mark.parametrize("columns", [None, [4, 0, 2, 1]])
+def test_compiled_reduction_equals_eager(columns):
+    g = torch.Generator().manual_seed(4)
+    grad = torch.randn(300, 5, generator=g)
+    gt = torch.randint(-1, C + 1, (300,), generator=g)
+    index = None if columns is None else torch.tensor(columns)
+    set_compile_enabled(True)
+    compiled = positive_negative_sums(grad, gt, index, C)
+    eager = positive_negative_sums.eager(grad, gt, index, C)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_unattributable_classifier_fails_at_build_time():

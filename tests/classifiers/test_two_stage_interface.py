@@ -1,33 +1,18 @@
 """Every registered two-stage classifier honours the Classifier contract (parametrized over
-the registry, so classifiers added later are covered automatically)."""
+the registry, so classifiers added later are covered automatically): its compiled loss equals
+its eager one, its loss is computed in float32 for half-precision logits, and it refuses labels
+that are not integers."""
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 
-from lt_d2.classifiers import CLASSIFIER_REGISTRY, Classifier, build_classifier
-from lt_d2.config import add_lt_config
-from lt_d2.data.category_stats import CategoryStats
+from lt_d2.classifiers import Classifier, build_classifier
 
-C = 6
-# rare/common/frequent by images; BAGS instance groups [0,10), [10,100), [100,1000), [1000,)
-# each hold at least one category
-STATS = CategoryStats(
-    instance_counts=[2, 5, 30, 60, 400, 2000],
-    image_counts=[2, 4, 20, 50, 300, 900],
-    num_images=1000,
-)
-NAMES = sorted(name for name, _ in CLASSIFIER_REGISTRY)
+from helpers.compiled_losses import assert_compiled_matches_eager, assert_half_precision_gradient
+from helpers.registered import STATS, TWO_STAGE, C, build_registered
+from helpers.registered import classifier_cfg as _cfg
 
-
-def _cfg(name):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.MODEL.CLASSIFIER.NAME = name
-    # EQL's tail: the rare + common categories 0-3 (the default 1.76e-3 selects none here,
-    # which EQL, BackgroundEQL and DropLoss refuse)
-    cfg.MODEL.CLASSIFIER.EQL.LAMBDA = 0.1
-    return cfg
+NAMES = TWO_STAGE
 
 
 def test_unknown_name_lists_registered_ones():
@@ -45,8 +30,10 @@ def test_statistics_of_another_class_count_are_refused():
 def test_dense_and_two_stage_names_are_not_mixed_up():
     from lt_d2.classifiers import build_dense_classifier
 
+    cfg = _cfg("SoftmaxCE")
+    cfg.MODEL.CLASSIFIER.NAME = "EqualizedFocalLoss"
     with pytest.raises(KeyError, match="is a dense .* MODEL.DENSE_CLASSIFIER.NAME"):
-        build_classifier(_cfg("EqualizedFocalLoss"), C, STATS)
+        build_classifier(cfg, C, STATS)
     cfg = _cfg("SoftmaxCE")
     cfg.MODEL.DENSE_CLASSIFIER.NAME = "EQLv2"
     with pytest.raises(KeyError, match="is a two-stage classifier: set it in MODEL.CLASSIFIER"):
@@ -105,3 +92,35 @@ def test_registered_classifier_state_survives_save_and_load(name):
     restored = fresh.state_dict()
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(restored[key], value)
+
+
+def _batch(num_logits: int):
+    """13 ROIs (not L: equal sizes would be specialised by the compiler's duck sizing), every
+    category and background; logits around -2, every other column around -18, where the
+    probabilities (about 1e-8) and so the float32 gradients lie below fp16's smallest
+    subnormal until the loss scale is applied."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(13, num_logits, generator=g) * 3 - 2
+    logits[:, ::2] -= 16
+    gt = torch.tensor([0, 1, 2, 3, 4, 5, C, C, C, C, C, 5, 0])
+    return logits, gt
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_loss_matches_eager(name):
+    build = lambda: build_registered(name)  # noqa: E731
+    assert_compiled_matches_eager(build, *_batch(build().num_logits))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_logits_get_the_float32_gradient(name):
+    build = lambda: build_registered(name)  # noqa: E731
+    assert_half_precision_gradient(build, *_batch(build().num_logits), scale=65536.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_labels_are_refused(name):
+    clf = build_classifier(_cfg(name), C, STATS)
+    logits, gt = _batch(clf.num_logits)
+    with pytest.raises(TypeError, match=f"{name} needs integer gt_classes"):
+        clf.losses(logits, gt.float())

@@ -19,14 +19,9 @@ from lt_d2.classifiers import (
 )
 from lt_d2.classifiers.two_stage.sigmoid_bce import SigmoidBCE
 from lt_d2.config import add_lt_config
-from lt_d2.data.category_stats import CategoryStats
 
-C = 6
-STATS = CategoryStats(
-    instance_counts=[2, 5, 30, 60, 400, 2000],
-    image_counts=[2, 4, 20, 50, 300, 900],
-    num_images=1000,
-)
+from helpers.registered import STATS, C
+
 KINDS = {
     # registry -> (its config node under MODEL, its builder)
     CLASSIFIER_REGISTRY: ("CLASSIFIER", build_classifier),

@@ -11,7 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "softmax_mask_rcnn_R_18_FPN_demo.yaml")
 
 # Shrinks any demo config to a few seconds per iteration batch on the CPU: 2 images per
-# batch, fewer proposals and ROIs, no data-loading worker processes.
+# batch, fewer proposals and ROIs, no data-loading worker processes, losses run eagerly
+# (compiling them costs more than 20 iterations of the tiny model).
 INSTANT_OPTS = [
     "SOLVER.IMS_PER_BATCH", 2,
     "SOLVER.MAX_ITER", 20,
@@ -21,6 +22,7 @@ INSTANT_OPTS = [
     "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
     "DATALOADER.NUM_WORKERS", 0,
+    "MODEL.COMPILE_LOSSES", False,
 ]  # fmt: skip
 
 # For the per-method sweeps, which check that each method trains and evaluates, not its AP:

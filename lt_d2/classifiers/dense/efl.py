@@ -10,12 +10,16 @@ the negative gradient magnitudes accumulated on category j's logits, clamped to 
 gradients are swamped by negative ones (g_j near 0), gets a larger focusing factor and a
 larger weight; a balanced one (g_j = 1) is trained with plain focal loss.
 
+The loss is FocalLoss's :func:`~lt_d2.classifiers.dense.focal.sigmoid_focal_loss` with these
+two factors per category; only they are EFL's.
+
 State: ``pos_grad`` and ``neg_grad`` (C,) float64 buffers, the magnitudes of the gradient of
 ``loss_cls`` with respect to category j's logits, summed over all anchors, images, workers and
-iterations so far. They come out of the fused loss pass (no backward hook); the ratio uses
-the state before the current batch. A constant weight applied to ``loss_cls`` outside scales
-both sums alike and leaves g_j unchanged. With no negative gradient seen yet (the initial all-zero
-state), g_j = 1, so the first iteration is exactly focal loss.
+iterations so far. The loss function returns them in closed form from the detached
+probabilities (no backward hook), so neither a loss scale nor a weight applied to ``loss_cls``
+outside reaches them; the ratio uses the state before the current batch. With no negative
+gradient seen yet (the initial all-zero state), g_j = 1, so the first iteration is exactly
+focal loss.
 A category whose increment is not finite (a NaN logit, or +inf for the focal losses) keeps its
 state and is counted; the trainer warns, naming it (:mod:`lt_d2.classifiers.state`: skipped on
 the device rather than raised, so no host sync per step).
@@ -23,7 +27,6 @@ the device rather than raised, so no host sync per step).
 Shape shorthand: N = anchors of the whole batch, C = foreground classes.
 """
 
-import logging
 from typing import Dict, Tuple
 
 import torch
@@ -31,13 +34,10 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
-from ..checks import check_dense_inputs
-from ..kernels import fused_sigmoid_focal_loss
 from ..state import AccumulatedGradientsMixin
+from .focal import sigmoid_focal_loss
 
 __all__ = ["EqualizedFocalLoss", "efl_factors"]
-
-logger = logging.getLogger(__name__)
 
 
 def efl_factors(
@@ -147,18 +147,15 @@ class EqualizedFocalLoss(AccumulatedGradientsMixin, DenseClassifier):
         Args:
             logits: (N, C). gt_classes: (N,) in [-1, C]. normalizer: > 0.
         """
-        check_dense_inputs(type(self).__name__, logits, gt_classes, self.num_classes, normalizer)
+        self.check_inputs(logits, gt_classes, normalizer)
         gamma, weight = self.factors()
-        loss, pos_grad, neg_grad = fused_sigmoid_focal_loss(
-            logits,
-            gt_classes,
-            gamma,
-            weight * (self.alpha / normalizer),
-            weight * ((1.0 - self.alpha) / normalizer),
+        # eq. 4: alpha_t (gamma_j / gamma_b) weights the focal term with focusing factor gamma_j
+        loss, pos, neg = sigmoid_focal_loss(
+            logits, gt_classes, gamma, weight * self.alpha, weight * (1.0 - self.alpha), True
         )
         if self.training and torch.is_grad_enabled():
-            self._add_gradients(pos_grad, neg_grad)
-        return {"loss_cls": loss}
+            self._add_gradients(pos / normalizer, neg / normalizer)
+        return {"loss_cls": loss / normalizer}
 
     def init_bias(self, bias: torch.Tensor) -> None:
         nn.init.constant_(bias, prior_bias(self.prior))

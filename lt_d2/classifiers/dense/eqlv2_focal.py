@@ -7,10 +7,14 @@ gradients reaching the logits are re-weighted as in eqs. 7-8. g_j is the ratio o
 accumulated re-weighted positive to negative gradient magnitudes (eq. 9, not clamped), here
 the gradients of the focal loss.
 
-State: ``pos_grad`` and ``neg_grad`` (C,) float64 buffers, accumulated from the fused loss pass
-over all anchors, images, workers and iterations. The initial all-zero state gives
-q_j = r_j = 1 (see :func:`lt_d2.classifiers.two_stage.eqlv2.eqlv2_weights`): the first iteration
-is plain focal loss.
+The loss is FocalLoss's :func:`~lt_d2.classifiers.dense.focal.sigmoid_focal_loss` with these
+weights per category; only they are EQL v2's.
+
+State: ``pos_grad`` and ``neg_grad`` (C,) float64 buffers, the closed-form gradient magnitudes
+the loss function returns, accumulated over all anchors, images, workers and iterations. The
+initial all-zero state gives q_j = r_j = 1 (see
+:func:`lt_d2.classifiers.two_stage.eqlv2.eqlv2_weights`): the first iteration is plain focal
+loss.
 A category whose increment is not finite (a NaN logit, or +inf for the focal losses) keeps its
 state and is counted; the trainer warns, naming it (:mod:`lt_d2.classifiers.state`: skipped on
 the device rather than raised, so no host sync per step).
@@ -18,7 +22,6 @@ the device rather than raised, so no host sync per step).
 Shape shorthand: N = anchors of the whole batch, C = foreground classes.
 """
 
-import logging
 from typing import Dict, Tuple
 
 import torch
@@ -26,14 +29,11 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
-from ..checks import check_dense_inputs
-from ..kernels import fused_sigmoid_focal_loss
 from ..state import AccumulatedGradientsMixin
 from ..two_stage.eqlv2 import eqlv2_weights
+from .focal import sigmoid_focal_loss
 
 __all__ = ["EQLv2Focal"]
-
-logger = logging.getLogger(__name__)
 
 
 @DENSE_CLASSIFIER_REGISTRY.register()
@@ -109,18 +109,15 @@ class EQLv2Focal(AccumulatedGradientsMixin, DenseClassifier):
         Args:
             logits: (N, C). gt_classes: (N,) in [-1, C]. normalizer: > 0.
         """
-        check_dense_inputs(type(self).__name__, logits, gt_classes, self.num_classes, normalizer)
+        self.check_inputs(logits, gt_classes, normalizer)
         q, r = self.weights()
-        loss, pos_grad, neg_grad = fused_sigmoid_focal_loss(
-            logits,
-            gt_classes,
-            float(self.gamma),
-            q * (self.alpha / normalizer),
-            r * ((1.0 - self.alpha) / normalizer),
+        # eqs. 7-8: positives weighted by q_j, negatives by r_j, on top of alpha_t
+        loss, pos, neg = sigmoid_focal_loss(
+            logits, gt_classes, float(self.gamma), q * self.alpha, r * (1.0 - self.alpha), True
         )
         if self.training and torch.is_grad_enabled():
-            self._add_gradients(pos_grad, neg_grad)
-        return {"loss_cls": loss}
+            self._add_gradients(pos / normalizer, neg / normalizer)
+        return {"loss_cls": loss / normalizer}
 
     def init_bias(self, bias: torch.Tensor) -> None:
         nn.init.constant_(bias, prior_bias(self.prior))

@@ -1,32 +1,85 @@
-"""FocalLoss: sigmoid focal loss, the RetinaNet baseline of the dense classifiers (EFL eq. 1).
+"""FocalLoss: sigmoid focal loss, the RetinaNet baseline of the dense classifiers.
 
-The loss and its gradient come from the fused kernel
-:func:`lt_d2.classifiers.kernels.fused_sigmoid_focal_loss`, which also yields the
-per-category positive / negative gradient magnitudes: FocalLoss hands them to GradientStats
-(``gradient_sink``) instead of letting it re-read the (N, C) logit gradient with a hook.
+:func:`sigmoid_focal_loss` is the loss of Lin et al. 2017 (eq. 5) with a focusing factor and
+positive / negative weights per category, so that the methods that only change those factors
+reuse it: EqualizedFocalLoss (EFL eqs. 3-4) and EQLv2Focal (EQL v2 eqs. 5-6), as detectron2's
+FCOS reuses RetinaNet's loss.
 
 Shape shorthand: N = anchors of the whole batch, C = foreground classes.
 """
 
-import logging
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from detectron2.config import configurable
 from torch import nn
+from torch.nn import functional as F
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
-from ..checks import check_dense_inputs
-from ..kernels import GradientSink, fused_sigmoid_focal_loss
+from ..compile import column_sums, compiled_loss, loss_dtype
 
-__all__ = ["FocalLoss"]
+__all__ = ["FocalLoss", "sigmoid_focal_loss"]
 
-logger = logging.getLogger(__name__)
+Factor = Union[float, torch.Tensor]
+
+
+@compiled_loss
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    gamma: Factor,
+    pos_weight: Factor,
+    neg_weight: Factor,
+    gradient_sums: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Sigmoid focal loss summed over anchors and categories (Lin et al. 2017, eq. 5)::
+
+        p_t = p if y = 1 else 1 - p                                     (eq. 2)
+        FL(p_t) = -w_t (1 - p_t)^gamma_j log(p_t)                       (eq. 5)
+
+    with w_t = pos_weight_j for category j's positives and neg_weight_j for its negatives
+    (RetinaNet: alpha and 1 - alpha). Computed in float32 (:func:`loss_dtype`) whatever the
+    logits' dtype.
+
+    With ``gradient_sums`` also the per-category magnitudes of the loss's gradient with respect
+    to the logits, in closed form from the detached probabilities (d p_t / dz = +-p_t (1 - p_t))::
+
+        |dFL/dz| = w_t (1 - p_t)^gamma_j ((1 - p_t) - gamma_j p_t log(p_t))
+        pos_j = sum over category j's positives, neg_j = over its negatives.
+
+    Args:
+        logits: (N, C) in any floating dtype.
+        gt_classes: (N,) integer in [-1, C]; -1 rows are ignored, C is background.
+        gamma: focusing factor, a number or (C,) per category.
+        pos_weight, neg_weight: numbers or (C,) weights of positives / negatives.
+        gradient_sums: also return the (C,) positive and negative gradient magnitudes.
+
+    Returns:
+        loss (0-d), and pos, neg (C,) (None without ``gradient_sums``).
+    """
+    z = logits.to(loss_dtype(logits))
+    gamma, pos_weight, neg_weight = (
+        f.to(z.dtype) if isinstance(f, torch.Tensor) else f for f in (gamma, pos_weight, neg_weight)
+    )
+    categories = torch.arange(z.shape[1], device=z.device)
+    y = gt_classes[:, None] == categories  # one-hot targets, (N, C); background and -1: none
+    valid = (gt_classes >= 0)[:, None]
+    z_t = torch.where(y, z, -z)  # p_t = sigmoid(z_t)
+    log_p_t = F.logsigmoid(z_t)
+    w_t = torch.where(y, pos_weight, neg_weight) * valid
+    loss = -(w_t * torch.sigmoid(-z_t) ** gamma * log_p_t).sum()
+    if not gradient_sums:
+        return loss, None, None
+    with torch.no_grad():
+        p_t, one_minus = torch.sigmoid(z_t), torch.sigmoid(-z_t)
+        magnitude = w_t * one_minus**gamma * (one_minus - gamma * p_t * log_p_t)
+        pos = column_sums(magnitude * y)
+        return loss, pos, column_sums(magnitude) - pos
 
 
 @DENSE_CLASSIFIER_REGISTRY.register()
 class FocalLoss(DenseClassifier):
-    """Sigmoid focal loss, the RetinaNet baseline (EFL eq. 1).
+    """Sigmoid focal loss, the RetinaNet baseline (Lin et al. 2017, eq. 5; EFL eq. 1).
 
     loss_cls = (1 / normalizer) sum_i sum_j -alpha_t (1 - p_t)^gamma log p_t.
 
@@ -36,8 +89,6 @@ class FocalLoss(DenseClassifier):
         gamma: focusing parameter (default 2).
         prior: the classification bias starts at logit(prior) (RetinaNet: 0.01).
     """
-
-    computes_gradient_sums = True
 
     @configurable
     def __init__(
@@ -60,26 +111,14 @@ class FocalLoss(DenseClassifier):
         }
 
     def losses(
-        self,
-        logits: torch.Tensor,
-        gt_classes: torch.Tensor,
-        normalizer: float,
-        gradient_sink: Optional[GradientSink] = None,
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, normalizer: float
     ) -> Dict[str, torch.Tensor]:
-        """Args: logits (N, C); gt_classes (N,) in [-1, C]; normalizer > 0; gradient_sink:
-        receives in backward the (C,) positive and negative gradient magnitudes reaching the
-        logits (:attr:`Classifier.computes_gradient_sums`)."""
-        check_dense_inputs(type(self).__name__, logits, gt_classes, self.num_classes, normalizer)
-        ones = logits.new_ones(self.num_classes, dtype=torch.float64)
-        loss, _, _ = fused_sigmoid_focal_loss(
-            logits,
-            gt_classes,
-            float(self.gamma),
-            ones * (self.alpha / normalizer),
-            ones * ((1.0 - self.alpha) / normalizer),
-            gradient_sink,
+        """Args: logits (N, C); gt_classes (N,) in [-1, C]; normalizer > 0."""
+        self.check_inputs(logits, gt_classes, normalizer)
+        loss, _, _ = sigmoid_focal_loss(
+            logits, gt_classes, float(self.gamma), float(self.alpha), 1.0 - self.alpha
         )
-        return {"loss_cls": loss}
+        return {"loss_cls": loss / normalizer}
 
     def init_bias(self, bias: torch.Tensor) -> None:
         nn.init.constant_(bias, prior_bias(self.prior))

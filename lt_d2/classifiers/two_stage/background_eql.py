@@ -6,46 +6,55 @@ down-weighted while its score is low: w_j = 1 - T_lambda(f_j) min{-log_b(p_j), 1
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
-import logging
 import math
-from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from .eql import EQL, BackgroundWeights
+from ..compile import compiled_loss, loss_dtype
+from .eql import EQL, eql_weights
+from .labels import class_targets
+from .sigmoid_bce import weighted_sigmoid_bce
 
-__all__ = ["BackgroundEQL", "background_eql_weights"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["BackgroundEQL", "background_eql_loss", "background_eql_weights"]
 
 
-def background_eql_weights(
-    probs: torch.Tensor, tail: torch.Tensor, base: float, out: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """DropLoss eq. 4, the background rows: w_j = 1 - T_lambda(f_j) min{-log_b(p_j), 1},
-    computed as 1 + T_lambda(f_j) max{log_b(p_j), -1} in one (R, C) buffer (``out`` if
-    given).
+def background_eql_weights(z: torch.Tensor, tail: torch.Tensor, b: float) -> torch.Tensor:
+    """DropLoss eq. 4, the background rows: w_j = 1 - T_lambda(f_j) min{-log_b(p_j), 1}.
 
-    log_b(p_j) = ln(p_j) / ln(b), with p_j first clamped to the smallest normal number of its
-    dtype (no -inf where sigmoid(z_j) underflows); that leaves min{-log_b(p_j), 1} = 1
-    unchanged for any b below 1 / tiny (about 1e38 in float32). A score p_j <= 1/b drops the
-    term of a tail category entirely; b -> inf gives EQL's weight 1.
+    log_b(p_j) = ln(sigmoid(z_j)) / ln(b), with ln(sigmoid(z)) = logsigmoid(z), finite for any
+    finite z (no -inf where sigmoid(z_j) underflows). A score p_j <= 1/b drops the term of a
+    tail category entirely; b -> inf gives EQL's weight 1.
 
     Args:
-        probs: (R, C) sigmoid scores p = sigmoid(z) (detached: the weight is a constant in the
-            loss); not modified.
+        z: (R, C) logits, detached (the weight is a constant of the loss).
         tail: (C,) bool, T_lambda(f_j).
-        base: logarithm base b > 1.
+        b: logarithm base b > 1.
 
     Returns:
-        (R, C) weights of every row as if it were a background ROI (the caller applies eq. 2
-        to the foreground rows).
+        (R, C) weights of every row as if it were a background ROI.
     """
-    tiny = torch.finfo(probs.dtype).tiny
-    log_b_p = torch.clamp(probs, min=tiny, out=out).log_().div_(math.log(base))
-    return log_b_p.clamp_(min=-1.0).mul_(tail.to(probs.dtype)).add_(1.0)
+    neg_log_b_p = -F.logsigmoid(z) / math.log(b)
+    return 1.0 - tail * torch.clamp(neg_log_b_p, max=1.0)
+
+
+@compiled_loss
+def background_eql_loss(
+    logits: torch.Tensor, gt_classes: torch.Tensor, tail: torch.Tensor, b: float
+) -> torch.Tensor:
+    """DropLoss eq. 4: L = -(1/R) sum_r sum_j w_rj log(p_hat_rj) with eq. 2's weights on
+    foreground ROIs (:func:`eql_weights`) and :func:`background_eql_weights` on background ROIs.
+
+    Args:
+        logits: (R, C), any float dtype (computed in float32). gt_classes: (R,) in [0, C].
+        tail: (C,) bool, T_lambda(f_j). b: logarithm base (> 1).
+    """
+    z = logits.to(loss_dtype(logits))
+    y = class_targets(gt_classes, z.shape[1])
+    w = eql_weights(y, gt_classes, tail, background_eql_weights(z.detach(), tail, b))
+    return weighted_sigmoid_bce(z, y, w)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -70,7 +79,6 @@ class BackgroundEQL(EQL):
         ret["b"] = cfg.MODEL.CLASSIFIER.BACKGROUND_EQL.B
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
-        """Eq. 4 weights of a row chunk from the loss kernel's own sigmoid scores
-        (:func:`background_eql_weights`), so that sigmoid(z) is evaluated once."""
-        return lambda rows, z, p, out: background_eql_weights(p, self.tail, self.b, out)
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """DropLoss eq. 4 (:func:`background_eql_loss`)."""
+        return background_eql_loss(logits, gt_classes, self.tail, self.b)

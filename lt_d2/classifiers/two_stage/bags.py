@@ -11,6 +11,11 @@ m_n = beta * (foreground ROIs of G_n in the batch) "others" ROIs are sampled at 
 skipped (sec. 4.3); G_0 uses every ROI. Each group's cross entropy is averaged over the ROIs
 it uses, and the group losses are summed.
 
+Every group, G_0 included, is one softmax over its columns of the (R, L) logits (the groups
+partition the columns), so the loss is computed on the logits as they are, group by group,
+with no gathered copies and no data-dependent shapes (:func:`bags_loss`). The random "others"
+ROIs are drawn outside it (:func:`bags_trained_rows`).
+
 At inference (sec. 4.4) each group's softmax gives p_j for its categories ("others"
 dropped), rescaled by G_0's foreground probability: p~_j = p_fg p_j.
 
@@ -23,29 +28,80 @@ Shape shorthand: R = ROIs, C = foreground classes, N = groups, L = ``num_logits`
 """
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 
 from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
-from ..checks import check_gt_classes, check_logit_count
+from ..compile import compiled_loss, loss_dtype
+from .softmax_ce import group_cross_entropy, group_logsumexp
 
-__all__ = ["BAGS", "sample_others"]
+__all__ = ["BAGS", "bags_loss", "bags_trained_rows"]
 
 logger = logging.getLogger(__name__)
 
 
-def sample_others(candidates: torch.Tensor, num: int) -> torch.Tensor:
-    """Indices of ``min(num, #candidates)`` ROIs drawn uniformly without replacement from the
-    True entries of ``candidates`` (R,) bool (BAGS sec. 4.3, uses the global torch RNG)."""
-    index = candidates.nonzero(as_tuple=True)[0]
-    if num >= index.numel():
-        return index
-    return index[torch.randperm(index.numel(), device=index.device)[:num]]
+def bags_trained_rows(group: torch.Tensor, num_groups: int, beta: float) -> torch.Tensor:
+    """Which ROIs each group's softmax is trained on (BAGS sec. 4.3).
+
+    G_0: every ROI. G_n (n >= 1): its foreground ROIs plus m_n = floor(beta * their number)
+    "others" ROIs drawn uniformly without replacement from the rest (all of them when there
+    are fewer); none at all when the batch has no foreground ROI of G_n. The draw ranks the
+    candidates by uniform random keys (torch's global generator) and keeps the m_n first, on
+    the device and without a host synchronisation.
+
+    Args:
+        group: (R,) int64 group index n of each ROI's class, 0 for background.
+        num_groups: N + 1 (G_0 included).
+        beta: "others" ROIs per foreground ROI.
+
+    Returns:
+        (R, N + 1) bool.
+    """
+    own = group[:, None] == torch.arange(num_groups, device=group.device)
+    num_foreground = own.sum(dim=0)
+    quota = torch.floor(beta * num_foreground)
+    keys = torch.rand(own.shape, device=group.device).masked_fill_(own, 2.0)  # members last
+    rank = keys.argsort(dim=0).argsort(dim=0)
+    trained = (own | (rank < quota)) & (num_foreground > 0)
+    trained[:, 0] = True
+    return trained
+
+
+@compiled_loss
+def bags_loss(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    trained: torch.Tensor,
+    column_group: torch.Tensor,
+    class_group: torch.Tensor,
+    others_columns: torch.Tensor,
+) -> torch.Tensor:
+    """BAGS eq. 5: L = sum_n (1 / |I_n|) sum_{i in I_n} -log softmax_{G_n}(z_i)[t_i^n].
+
+    The label t_i^n of ROI i in group G_n is the ROI's own column (its class, or background
+    for G_0) when its class belongs to G_n, else G_n's "others" column; I_n are the ROIs the
+    group is trained on.
+
+    Args:
+        logits: (R, L), any float dtype (computed in float32).
+        gt_classes: (R,) int64 in [0, C]; column C is background, so a label is its column.
+        trained: (R, N + 1) bool I_n (:func:`bags_trained_rows`).
+        column_group: (L,) int64 group of each logit column.
+        class_group: (C + 1,) int64 group of each label (background: G_0).
+        others_columns: (N + 1,) int64 "others" column of each group.
+    """
+    z = logits.to(loss_dtype(logits))
+    num_groups = trained.shape[1]
+    own = class_group[gt_classes][:, None] == torch.arange(num_groups, device=z.device)
+    target = torch.where(own, gt_classes[:, None], others_columns)  # (R, N + 1) t_i^n
+    # -log softmax_{G_n}(z_i)[t_i^n], each softmax over its group's columns (eq. 4)
+    ce = group_cross_entropy(z, column_group, target)
+    per_group = torch.where(trained, ce, 0.0).sum(dim=0) / trained.sum(dim=0).clamp(min=1)
+    return per_group.sum()  # eq. 5
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -99,17 +155,18 @@ class BAGS(Classifier):
                     f"{int(category_stats.instance_count_array.max())}]. Choose "
                     f"MODEL.CLASSIFIER.BAGS.GROUP_BOUNDS that leave every group non-empty"
                 )
-        # G_n (n = 1..N) of every category and its position within the group's softmax
-        group_of_class = groups + 1
-        index_in_group = torch.empty_like(groups)
-        for n in range(self.num_groups):
-            members = (groups == n).nonzero(as_tuple=True)[0]
-            index_in_group[members] = torch.arange(members.numel())
-            # the group's softmax columns: its categories, then its "others"
-            columns = torch.cat([members, members.new_tensor([num_classes + 2 + n])])
-            self.register_buffer(f"group{n + 1}_columns", columns, persistent=False)
-        self.register_buffer("group_of_class", group_of_class, persistent=False)
-        self.register_buffer("index_in_group", index_in_group, persistent=False)
+        # group of each logit column and label: categories in G_1..G_N, background and
+        # "others" of G_0 (columns C, C + 1) in G_0, then "others" of G_n at C + 1 + n
+        group_ids = torch.arange(self.num_groups + 1)
+        self.register_buffer(
+            "column_group",
+            torch.cat([groups + 1, torch.zeros(1, dtype=torch.long), group_ids]),
+            persistent=False,
+        )
+        self.register_buffer(
+            "class_group", torch.cat([groups + 1, torch.zeros(1, dtype=torch.long)]), False
+        )
+        self.register_buffer("others_columns", num_classes + 1 + group_ids, persistent=False)
         logger.info(
             "BAGS groups by instance count %s: %s categories",
             list(bounds),
@@ -130,21 +187,6 @@ class BAGS(Classifier):
     def num_logits(self) -> int:
         return self.num_classes + self.num_groups + 2
 
-    def group_columns(self, n: int) -> torch.Tensor:
-        """(K_n + 1,) logit columns of group G_n's softmax (n = 1..N): its K_n categories in
-        id order, then its "others"."""
-        return getattr(self, f"group{n}_columns")
-
-    def group_targets(self, gt_classes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(R,) group index of each ROI's class (0 for background) and (R,) its position in
-        that group's softmax (0 for background)."""
-        C = self.num_classes
-        fg = gt_classes < C
-        safe = gt_classes.clamp(max=C - 1)
-        group = torch.where(fg, self.group_of_class[safe], torch.zeros_like(gt_classes))
-        index = torch.where(fg, self.index_in_group[safe], torch.zeros_like(gt_classes))
-        return group, index
-
     def losses(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Sum over groups of each group's softmax cross entropy (eq. 5) averaged over the ROIs
         it uses: all R for G_0; the foreground ROIs of G_n plus beta times as many sampled
@@ -154,34 +196,16 @@ class BAGS(Classifier):
             logits: (R, L).
             gt_classes: (R,) int64 in [0, C], C = background.
         """
-        check_gt_classes(logits, gt_classes, self.num_classes)
-        check_logit_count(logits, self.num_logits, "BAGS")
-        C, L = self.num_classes, self.num_logits
-        num_rois = logits.shape[0]
-        # (rows, columns, targets) of every trained group; G_0: background (column C,
-        # label 0) vs. "others" = foreground (column C + 1, label 1), over all ROIs
-        all_rows = torch.arange(num_rois, device=logits.device)
-        blocks = [(all_rows, all_rows.new_tensor([C, C + 1]), (gt_classes < C).long())]
-        group, index = self.group_targets(gt_classes)
-        for n in range(1, self.num_groups + 1):
-            members = group == n
-            num_fg = int(members.sum())
-            if num_fg == 0:
-                continue  # sec. 4.3: no normal category activated, group ignored
-            columns = self.group_columns(n)
-            others = sample_others(~members, int(self.beta * num_fg))
-            rows = torch.cat([members.nonzero(as_tuple=True)[0], others])
-            targets = torch.cat([index[members], others.new_full(others.shape, len(columns) - 1)])
-            blocks.append((rows, columns, targets))
-        # one gather for all groups (one scatter in backward instead of one per group)
-        flat = torch.cat(
-            [(rows[:, None] * L + cols[None, :]).flatten() for rows, cols, _ in blocks]
+        self.check_inputs(logits, gt_classes)
+        trained = bags_trained_rows(self.class_group[gt_classes], self.num_groups + 1, self.beta)
+        loss = bags_loss(
+            logits,
+            gt_classes,
+            trained,
+            self.column_group,
+            self.class_group,
+            self.others_columns,
         )
-        values = logits.reshape(-1)[flat].split([len(r) * len(c) for r, c, _ in blocks])
-        loss = logits.new_zeros(())
-        for (rows, cols, targets), z in zip(blocks, values):
-            z = z.view(len(rows), len(cols))
-            loss = loss + F.cross_entropy(z, targets, reduction="sum") / max(len(rows), 1)
         return {"loss_cls": loss}
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -192,14 +216,9 @@ class BAGS(Classifier):
             logits: (R, L). Returns: (R, C + 1).
         """
         C = self.num_classes
-        p0 = torch.softmax(logits[:, C : C + 2], dim=1)
-        scores = logits.new_zeros(logits.shape[0], C + 1)
-        for n in range(1, self.num_groups + 1):
-            columns = self.group_columns(n)
-            p = torch.softmax(logits[:, columns], dim=1)[:, :-1]
-            scores[:, columns[:-1]] = p * p0[:, 1:]
-        scores[:, C] = p0[:, 0]
-        return scores
+        lse = group_logsumexp(logits, self.column_group, self.num_groups + 1)
+        p = torch.exp(logits - lse[:, self.column_group])  # within each column's group (eq. 4)
+        return torch.cat([p[:, :C] * p[:, C + 1 : C + 2], p[:, C : C + 1]], dim=1)
 
     def logit_columns(self) -> List[int]:
         """Categories occupy columns [0, C); the rest are background and "others"."""

@@ -7,7 +7,6 @@ class keeps weight 1.
 Shape shorthand: R = ROIs, C = foreground classes, S = buckets.
 """
 
-import logging
 from typing import Sequence
 
 import torch
@@ -15,11 +14,11 @@ from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
 from ..checks import require_category_stats
-from .sigmoid_bce import SigmoidBCE
+from ..compile import compiled_loss, loss_dtype
+from .labels import class_targets
+from .sigmoid_bce import SigmoidBCE, weighted_sigmoid_bce
 
-__all__ = ["BucketedSigmoidBCE", "bucketed_class_weights"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["BucketedSigmoidBCE", "bucketed_class_weights", "bucketed_sigmoid_bce_loss"]
 
 
 def bucketed_class_weights(frequency: torch.Tensor, s: int, a: float, t: float) -> torch.Tensor:
@@ -53,6 +52,22 @@ def bucketed_class_weights(frequency: torch.Tensor, s: int, a: float, t: float) 
         bucket = torch.full_like(log_f, s - 1)
     x = bucket / (s - 1)
     return torch.sigmoid((x - a) / t).to(torch.float32)
+
+
+@compiled_loss
+def bucketed_sigmoid_bce_loss(
+    logits: torch.Tensor, gt_classes: torch.Tensor, class_weights: torch.Tensor
+) -> torch.Tensor:
+    """Libra eq. 20 with C sigmoids: L = -(1/R) sum_r sum_j w_rj log(p_hat_rj), w_rj = 1 for
+    the ROI's target class, w_j (eq. 23) for every other class.
+
+    Args:
+        logits: (R, C), any float dtype (computed in float32). gt_classes: (R,) in [0, C].
+        class_weights: (C,) float32 w_j of :func:`bucketed_class_weights`.
+    """
+    z = logits.to(loss_dtype(logits))
+    y = class_targets(gt_classes, z.shape[1])
+    return weighted_sigmoid_bce(z, y, torch.where(y, 1.0, class_weights))
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -113,6 +128,6 @@ class BucketedSigmoidBCE(SigmoidBCE):
         ret.update(frequency=frequency.tolist(), s=node.S, a=node.A, t=node.T)
         return ret
 
-    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(C,) w_j of every negative term (the target class's term has weight 1)."""
-        return self.class_weights.to(logits.dtype)
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """Libra eq. 20 (:func:`bucketed_sigmoid_bce_loss`)."""
+        return bucketed_sigmoid_bce_loss(logits, gt_classes, self.class_weights)

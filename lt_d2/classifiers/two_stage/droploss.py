@@ -8,23 +8,22 @@ ROIs, and dropped otherwise.
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
-import logging
 from typing import Optional
 
 import torch
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..kernels import positive_entries
-from .eql import EQL, BackgroundWeights
+from ..compile import compiled_loss, loss_dtype
+from .eql import EQL, eql_weights
+from .labels import class_counts, class_targets
+from .sigmoid_bce import weighted_sigmoid_bce
 
-__all__ = ["DropLoss", "droploss_keep_probs", "droploss_background_weights"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["DropLoss", "droploss_draws", "droploss_keep_probs", "droploss_loss"]
 
 
 def droploss_keep_probs(
-    targets: torch.Tensor, tail: torch.Tensor, frequent_bernoulli: bool = False
+    gt_classes: torch.Tensor, tail: torch.Tensor, frequent_bernoulli: bool = False
 ) -> torch.Tensor:
     """DropLoss eq. 7: per-category Bernoulli parameter mu_{f_j} of this batch.
 
@@ -33,19 +32,16 @@ def droploss_keep_probs(
     n_frequent / n_all; the authors' implementation keeps their terms (mu_j = 1). The
     default follows the implementation (the reported numbers), ``frequent_bernoulli=True``
     follows eq. 7 to the letter. A batch without foreground ROIs (n_all = 0) gives no
-    evidence to rebalance: every term is kept (mu = 1).
+    evidence to rebalance: every term is kept (mu = 1). Device ops only (no host sync).
 
     Args:
-        targets: (R, C) binary targets y, sparse or dense (:func:`positive_entries`; one 1
-            per foreground ROI, background rows zero).
+        gt_classes: (R,) int64 in [0, C], C = background.
         tail: (C,) bool, T_lambda(f_j).
 
     Returns:
-        (C,) mu in [0, 1], float32 on ``targets``' device.
+        (C,) mu in [0, 1], float32.
     """
-    _, classes = positive_entries(targets.detach())
-    # (C,) foreground ROIs per category
-    counts = torch.bincount(classes, minlength=tail.shape[0]).to(torch.float32)
+    counts = class_counts(gt_classes, tail.shape[0], torch.float32)  # foreground ROIs per class
     n_all = counts.sum()
     n_tail = (counts * tail).sum()
     share_tail = torch.where(n_all > 0, n_tail / n_all.clamp(min=1.0), torch.ones_like(n_all))
@@ -56,16 +52,16 @@ def droploss_keep_probs(
     return torch.where(tail, share_tail, share_frequent)
 
 
-def droploss_background_weights(
+def droploss_draws(
     num_rois: int, mu: torch.Tensor, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
-    """DropLoss eq. 6, the background rows: w_rj ~ Ber(mu_j), drawn independently per term.
+    """DropLoss eq. 6: w_rj ~ Ber(mu_j), drawn independently per (ROI, category) term.
 
-    w_rj = [u_rj < mu_j] with u_rj ~ U[0, 1): one uniform per (ROI, category) in row-major
-    order, foreground rows included (the caller overwrites them), so the computation needs
-    no host synchronisation. On the CPU these are exactly the draws of
-    ``torch.bernoulli(mu.expand(R, C), generator=generator)`` (the same generator stream),
-    at half its cost.
+    w_rj = [u_rj < mu_j] with u_rj ~ U[0, 1): one uniform per term in row-major order,
+    foreground rows included (eq. 2 replaces them), so no host synchronisation is needed.
+    On the CPU these are exactly the draws of ``torch.bernoulli(mu.expand(R, C),
+    generator=generator)`` (the same generator stream), kept as bool (a quarter of its float
+    result).
 
     Args:
         num_rois: R.
@@ -73,10 +69,27 @@ def droploss_background_weights(
         generator: random source (seedable); None uses torch's default generator.
 
     Returns:
-        (R, C) weights in {0, 1}, in the dtype of ``mu``.
+        (R, C) bool.
     """
     u = torch.rand((num_rois, mu.shape[0]), generator=generator, dtype=mu.dtype, device=mu.device)
-    return u.lt_(mu)
+    return u < mu
+
+
+@compiled_loss
+def droploss_loss(
+    logits: torch.Tensor, gt_classes: torch.Tensor, tail: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """DropLoss eqs. 5-6: L = -(1/R) sum_r sum_j w_rj log(p_hat_rj) with eq. 2's weights on
+    foreground ROIs (:func:`eql_weights`) and the Bernoulli draws ``keep`` on background ROIs.
+
+    Args:
+        logits: (R, C), any float dtype (computed in float32). gt_classes: (R,) in [0, C].
+        tail: (C,) bool, T_lambda(f_j). keep: (R, C) bool draws of :func:`droploss_draws`.
+    """
+    z = logits.to(loss_dtype(logits))
+    y = class_targets(gt_classes, z.shape[1])
+    w = eql_weights(y, gt_classes, tail, keep.to(z.dtype))  # eq. 6
+    return weighted_sigmoid_bce(z, y, w)  # eq. 5
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -112,19 +125,9 @@ class DropLoss(EQL):
         ret["frequent_bernoulli"] = cfg.MODEL.CLASSIFIER.DROP_LOSS.FREQUENT_BERNOULLI
         return ret
 
-    def background_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> BackgroundWeights:
-        """Bernoulli draws of eq. 6 with this batch's mu (eq. 7), row-major over all (R, C)
-        terms.
-
-        The CPU generator's stream is sequential, so drawing each row chunk when the kernel
-        asks for it (once per chunk, in row order) gives exactly the draws of one (R, C) call,
-        without an (R, C) buffer. Other devices' generators (CUDA's Philox) give other numbers
-        for split calls: there the (R, C) draws are made at once.
-        """
-        mu = droploss_keep_probs(targets, self.tail, self.frequent_bernoulli)
-        if logits.device.type == "cpu":
-            return lambda rows, z, p, out: droploss_background_weights(
-                rows.stop - rows.start, mu, self.generator
-            )
-        draws = droploss_background_weights(logits.shape[0], mu, self.generator)
-        return lambda rows, z, p, out: draws[rows]
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """Eqs. 5-7: this batch's mu (eq. 7), one Bernoulli draw per term (eq. 6), the loss
+        (:func:`droploss_loss`)."""
+        mu = droploss_keep_probs(gt_classes, self.tail, self.frequent_bernoulli)
+        keep = droploss_draws(logits.shape[0], mu, self.generator)
+        return droploss_loss(logits, gt_classes, self.tail, keep)

@@ -17,18 +17,41 @@ State: :class:`EQLv2`'s, non-finite increments included (skipped and reported, n
 Shape shorthand: R = ROIs, C = foreground classes, L = ``num_logits``.
 """
 
-import logging
 from typing import List, Tuple
 
 import torch
 
 from ..base import CLASSIFIER_REGISTRY
-from ..kernels import one_hot_weighted_softmax2_bce, pair_differences
-from .eqlv2 import EQLv2
+from ..compile import compiled_loss, loss_dtype
+from .eqlv2 import EQLv2, eqlv2_loss
 
-__all__ = ["EQLv2Softmax2C"]
+__all__ = ["EQLv2Softmax2C", "eqlv2_softmax2c_loss", "pair_differences"]
 
-logger = logging.getLogger(__name__)
+
+def pair_differences(logits: torch.Tensor) -> torch.Tensor:
+    """(R, 2K) logits [z | z'] -> (R, K) d = z - z', the sigmoid logits of K 2-way softmaxes:
+    exp(z) / (exp(z) + exp(z')) = sigmoid(z - z') (EQL v2 sec. 4.8)."""
+    K = logits.shape[1] // 2
+    return logits[:, :K] - logits[:, K:]
+
+
+@compiled_loss
+def eqlv2_softmax2c_loss(
+    logits: torch.Tensor, gt_classes: torch.Tensor, q: torch.Tensor, r: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EQL v2 sec. 4.8: the cross entropy of each task's 2-way softmax is the sigmoid cross
+    entropy of d = z - z', so eqs. 3-9 apply to d unchanged (:func:`eqlv2_loss`); autograd
+    sends dL/dd to the "yes" and -dL/dd to the "others" logits.
+
+    Args:
+        logits: (R, 2 (C + 1)) "yes" block then "others" block; any float dtype (computed in
+            float32). gt_classes: (R,) int64 in [0, C]. q, r: (C,) float32 (eq. 5).
+
+    Returns:
+        the loss and the (C,) float64 gradient-magnitude sums of :func:`eqlv2_loss` for d.
+    """
+    z = logits.to(loss_dtype(logits))
+    return eqlv2_loss.eager(pair_differences(z), gt_classes, q, r)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -46,18 +69,12 @@ class EQLv2Softmax2C(EQLv2):
         equivalent to each 2-way softmax."""
         return pair_differences(logits)
 
-    def task_loss(
-        self,
-        logits: torch.Tensor,
-        pos_rows: torch.Tensor,
-        pos_cols: torch.Tensor,
-        pos_weight: torch.Tensor,
-        neg_weight: torch.Tensor,
+    def loss(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, q: torch.Tensor, r: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:func:`one_hot_weighted_softmax2_bce`: the sigmoid form's loss and gradient
-        magnitudes on the differences d (so the same eq. 9 state), with dL/dd written to the
-        "yes" and -dL/dd to the "others" columns without (R, L) intermediates."""
-        return one_hot_weighted_softmax2_bce(logits, pos_rows, pos_cols, pos_weight, neg_weight)
+        """:func:`eqlv2_softmax2c_loss`: the sigmoid form's loss and gradient magnitudes on
+        the differences d (so the same eq. 9 state)."""
+        return eqlv2_softmax2c_loss(logits, gt_classes, q, r)
 
     def init_bias(self, bias: torch.Tensor) -> None:
         """ "yes" biases :meth:`EQLv2.initial_task_logits`, "others" biases 0, so every task

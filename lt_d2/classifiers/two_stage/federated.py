@@ -22,6 +22,11 @@ Definition followed (the authors' code: CenterNet2's ``custom_fast_rcnn.py``
 - Categories with no training image (w_j = 0) are never drawn. When fewer candidates are
   left than draws requested (vocabularies under 50 categories, e.g. the demo), every
   candidate is taken; the official code stops with an error there.
+- The draw without replacement (the official ``torch.multinomial(..., replacement=False)``)
+  is made as an exponential race: each candidate j gets E_j / w_j with E_j ~ Exp(1), and the
+  smallest keys win. Its successive minima pick category j with probability proportional to
+  w_j among those left, i.e. the same distribution, drawn on the device without a host
+  synchronisation (the number of draws stays a tensor).
 
 Shape shorthand: R = ROIs, C = foreground classes.
 """
@@ -34,10 +39,11 @@ from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
 from ..checks import require_category_stats
-from ..kernels import positive_entries
-from .sigmoid_bce import SigmoidBCE
+from ..compile import compiled_loss, loss_dtype
+from .labels import class_targets
+from .sigmoid_bce import SigmoidBCE, weighted_sigmoid_bce
 
-__all__ = ["FederatedSigmoidBCE", "federated_classes"]
+__all__ = ["FederatedSigmoidBCE", "federated_classes", "federated_sigmoid_bce_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +72,35 @@ def federated_classes(
         (C,) bool mask of the foreground classes in S.
     """
     num_classes = sample_weights.shape[0]
-    mask = torch.zeros(num_classes, dtype=torch.bool, device=sample_weights.device)
+    device = sample_weights.device
     if gt_classes.numel() == 0:
-        return mask
-    appeared = torch.unique(gt_classes)
-    foreground = appeared[appeared < num_classes]
-    mask[foreground] = True
-    num_draws = num_sampled - appeared.numel()
-    if num_draws <= 0:
-        return mask
-    prob = sample_weights.to(torch.float32).clone()
-    prob[foreground] = 0.0
-    num_draws = min(num_draws, int((prob > 0).sum()))
-    if num_draws > 0:
-        drawn = torch.multinomial(prob, num_draws, replacement=False, generator=generator)
-        mask[drawn] = True
-    return mask
+        return torch.zeros(num_classes, dtype=torch.bool, device=device)
+    present = torch.zeros(num_classes + 1, dtype=torch.bool, device=device)
+    present.scatter_(0, gt_classes, True)  # U, background label C included
+    num_draws = num_sampled - present.sum()
+    weights = sample_weights.to(torch.float32)
+    candidate = ~present[:num_classes] & (weights > 0)
+    # exponential race (module docstring): the num_draws smallest E_j / w_j among candidates
+    race = torch.empty(num_classes, device=device).exponential_(generator=generator)
+    key = torch.where(candidate, race / weights.clamp(min=1e-30), torch.inf)
+    rank = key.argsort().argsort()
+    return present[:num_classes] | (candidate & (rank < num_draws))
+
+
+@compiled_loss
+def federated_sigmoid_bce_loss(
+    logits: torch.Tensor, gt_classes: torch.Tensor, subset: torch.Tensor
+) -> torch.Tensor:
+    """L = (1/R) sum_r sum_{j in S} BCE(z_rj, y_rj): sigmoid BCE with weight 1 on the columns
+    of the federated subset S, 0 elsewhere (CenterNet2's ``sigmoid_cross_entropy_loss``).
+
+    Args:
+        logits: (R, C), any float dtype (computed in float32). gt_classes: (R,) in [0, C].
+        subset: (C,) bool, S (:func:`federated_classes`).
+    """
+    z = logits.to(loss_dtype(logits))
+    y = class_targets(gt_classes, z.shape[1])
+    return weighted_sigmoid_bce(z, y, subset.to(z.dtype))
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -155,14 +174,10 @@ class FederatedSigmoidBCE(SigmoidBCE):
             "prior": node.PRIOR,
         }
 
-    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(C,) 1 for the classes of this batch's subset S, 0 elsewhere.
-
-        The positive terms are in S by construction (their classes are ground truth of the
-        batch), so their weight is 1 as :meth:`SigmoidBCE.weights` requires.
-        """
-        _, classes = positive_entries(targets)
-        if classes.numel() < logits.shape[0]:  # background ROIs: label C is in U
-            classes = torch.cat([classes, classes.new_full((1,), self.num_classes)])
-        mask = federated_classes(classes, self.sample_weights, self.num_sampled, self.generator)
-        return mask.to(logits.dtype)
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """This batch's subset S (its ground-truth classes are in S, so every positive term
+        keeps weight 1) and the masked BCE (:func:`federated_sigmoid_bce_loss`)."""
+        subset = federated_classes(
+            gt_classes, self.sample_weights, self.num_sampled, self.generator
+        )
+        return federated_sigmoid_bce_loss(logits, gt_classes, subset)

@@ -3,24 +3,21 @@
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
-import logging
 import math
-from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..checks import check_gt_classes, check_logit_count
-from ..kernels import softmax_cross_entropy
+from ..compile import compiled_loss, loss_dtype
 from .softmax_ce import SoftmaxCE
 
-__all__ = ["LGRSoftmaxCE", "lgr_softmax_ce"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["LGRSoftmaxCE", "lgr_softmax_ce_loss"]
 
 
-def lgr_softmax_ce(
+@compiled_loss
+def lgr_softmax_ce_loss(
     logits: torch.Tensor, gt_classes: torch.Tensor, alpha: float, b: float
 ) -> torch.Tensor:
     """Libra eqs. 15-19, averaged over ROIs.
@@ -30,22 +27,18 @@ def lgr_softmax_ce(
     As p_t -> 1, rho_t -> alpha b (its limit; used where 1 - p_t underflows to 0).
 
     Args:
-        logits: (R, C + 1) softmax logits z (eq. 15).
+        logits: (R, C + 1) softmax logits z (eq. 15), any float dtype (computed in float32).
         gt_classes: (R,) int64 in [0, C].
         alpha, b: eq. 18's factors.
 
     Returns:
         scalar; 0 with a gradient path when R = 0.
     """
-
-    def rho(log_p_t: torch.Tensor) -> torch.Tensor:
-        gap = -torch.expm1(log_p_t)  # |p_t - t_t| = 1 - p_t, exact near p_t = 1
-        safe_gap = torch.where(gap > 0, gap, torch.ones_like(gap))
-        return torch.where(
-            gap > 0, alpha * torch.log1p(b * safe_gap) / safe_gap, torch.full_like(gap, alpha * b)
-        )
-
-    return softmax_cross_entropy(logits, gt_classes, max(logits.shape[0], 1), rho)
+    z = logits.to(loss_dtype(logits))
+    log_p_t = -F.cross_entropy(z, gt_classes, reduction="none")  # eq. 15, log p_t
+    gap = -torch.expm1(log_p_t.detach())  # |p_t - t_t| = 1 - p_t, exact near p_t = 1
+    rho = torch.where(gap > 0, alpha * torch.log1p(b * gap) / gap, alpha * b)  # eq. 18
+    return -(rho * log_p_t).sum() / max(z.shape[0], 1)  # eq. 19
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -75,12 +68,6 @@ class LGRSoftmaxCE(SoftmaxCE):
         ret["gamma"] = cfg.MODEL.CLASSIFIER.LGR_SOFTMAX_CE.GAMMA
         return ret
 
-    def losses(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            logits: (R, C + 1).
-            gt_classes: (R,) int64 in [0, C], C = background.
-        """
-        check_gt_classes(logits, gt_classes, self.num_classes)
-        check_logit_count(logits, self.num_logits, type(self).__name__)
-        return {"loss_cls": lgr_softmax_ce(logits, gt_classes, self.alpha, self.b)}
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """Libra eqs. 15-19 (:func:`lgr_softmax_ce_loss`)."""
+        return lgr_softmax_ce_loss(logits, gt_classes, self.alpha, self.b)

@@ -24,95 +24,90 @@ State: ``cum_samples`` (C,) float64 buffer, the accumulated foreground ROI count
 class, summed over all workers and saved in checkpoints.
 It counts labels only, so no logit (finite or not) can enter it.
 
-Shape shorthand: R = ROIs, F = foreground ROIs, C = foreground classes, L = ``num_logits``.
+Shape shorthand: R = ROIs, C = foreground classes, L = ``num_logits``.
 """
 
-import logging
 import math
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
-from ..checks import check_gt_classes, check_logit_count
-from ..kernels import hand_over_gradient, row_chunks, softmax_cross_entropy_rows
+from ..compile import compiled_loss, loss_dtype
 from ..state import all_reduce_sum
+from .labels import class_counts
+from .softmax_ce import group_cross_entropy
 
-__all__ = ["Seesaw", "seesaw_log_factors"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["Seesaw", "seesaw_log_factors", "seesaw_loss"]
 
 
 def seesaw_log_factors(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    counts: torch.Tensor,
-    p: float,
-    q: float,
-    eps: float,
+    logits: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, p: float, q: float, eps: float
 ) -> torch.Tensor:
     """log S_ij = log M_ij + log C_ij of Seesaw loss (Wang et al. 2021, sec. 3), detached.
 
     Mitigation M_ij = min(1, (N_j / N_i)^p) with N the accumulated instance counts (clamped
     to >= 1); compensation C_ij = max(1, (sigma_j / max(sigma_i, eps))^q) with sigma the
-    softmax of the (detached) class logits; S_ii = 1. Computed in log space, so it is finite
-    for any finite logits.
+    softmax of the (detached) class logits (the authors' mmdet ``seesaw_ce_loss``); S_ii = 1.
+    Computed in log space, so it is finite for any finite logits.
 
     Args:
-        logits: (F, C) class logits of foreground ROIs.
-        labels: (F,) int64 in [0, C).
-        counts: (C,) accumulated instance counts N.
+        logits: (R, C) class logits. labels: (R,) int64 in [0, C).
+        counts: (C,) float32 accumulated instance counts N.
 
     Returns:
-        (F, C) log S, zero in each row's label column.
+        (R, C) log S, zero in each row's label column.
     """
-    log_n = counts.clamp(min=1).log().to(logits.dtype)
-    log_m = (log_n[None, :] - log_n[labels][:, None]).clamp_(max=0).mul_(p)
-    log_sigma = torch.log_softmax(logits.detach(), dim=1)
+    logits = logits.detach()
+    log_n = counts.clamp(min=1.0).log()
+    log_m = p * (log_n[None, :] - log_n[labels][:, None]).clamp(max=0.0)  # mitigation
+    log_sigma = torch.log_softmax(logits, dim=1)
     log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
-    log_c = log_sigma.sub_(log_sigma_i).clamp_(min=0).mul_(q)  # two (F, C) buffers in all
-    return log_m.add_(log_c).scatter_(1, labels[:, None], 0.0)
+    log_c = q * (log_sigma - log_sigma_i).clamp(min=0.0)  # compensation
+    own = labels[:, None] == torch.arange(logits.shape[1], device=logits.device)
+    return torch.where(own, 0.0, log_m + log_c)
 
 
-class _SeesawLosses(torch.autograd.Function):
-    """Both Seesaw losses of (R, C + 2) logits and their closed-form gradient, computed in the
-    forward pass and handed over in backward (the convention of
-    :mod:`lt_d2.classifiers.kernels`): one (R, L) gradient, where autograd's row indexing and
-    column slicing would each allocate an (R, L) buffer of their own.
+@compiled_loss
+def seesaw_loss(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    counts: torch.Tensor,
+    p: float,
+    q: float,
+    eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Seesaw's class loss over the foreground ROIs and the objectness loss over all ROIs,
+    each summed and divided by R.
 
-    dL_cls/dz_ij = (softmax(z_i + log S_i)_j - [j = t_i]) / R on foreground rows (log S a
-    constant), dL_obj/dz_i = (softmax(o_i) - onehot(object_i)) / R on the 2 objectness columns.
+    sigma^_i = exp(z_i) / (sum_{j != i} S_ij exp(z_j) + exp(z_i)) is the softmax of
+    z_j + log S_ij at the label i (S a constant of the loss); the objectness branch is a
+    2-way softmax cross entropy (background, object).
+
+    Args:
+        logits: (R, C + 2), any float dtype (computed in float32).
+        gt_classes: (R,) int64 in [0, C], C = background.
+        counts: (C,) float32 accumulated instance counts N. p, q, eps: the factors' exponents
+            and sigma_i's lower bound.
+
+    Returns:
+        loss_cls, loss_obj (scalars; 0 with a gradient path when R = 0).
     """
-
-    @staticmethod
-    def forward(ctx, logits, gt_classes, counts, p, q, eps):
-        num_rois, num_logits = logits.shape
-        C = num_logits - 2
-        divisor = float(max(num_rois, 1))
-        grad = torch.zeros_like(logits)
-        fg_rows = (gt_classes < C).nonzero()[:, 0]
-        loss_cls = logits.new_zeros((), dtype=torch.float64)
-        for chunk in row_chunks(fg_rows.numel(), C):
-            rows = fg_rows[chunk]
-            labels = gt_classes[rows][:, None]
-            z = logits[rows, :C].float()
-            z += seesaw_log_factors(z, labels[:, 0], counts, p, q, eps)
-            chunk_loss, chunk_grad = softmax_cross_entropy_rows(z, labels, divisor)
-            loss_cls += chunk_loss
-            grad[rows, :C] = chunk_grad.to(grad.dtype)
-        target = (gt_classes < C).long()[:, None]  # objectness: column 1 = object
-        loss_obj, obj_grad = softmax_cross_entropy_rows(logits[:, C:].float(), target, divisor)
-        grad[:, C:] = obj_grad.to(grad.dtype)
-        ctx.grad, ctx.num_classes = grad, C
-        return (loss_cls / divisor).to(logits.dtype), (loss_obj / divisor).to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_cls, grad_obj):
-        grad, C = hand_over_gradient(ctx), ctx.num_classes
-        grad[:, :C].mul_(grad_cls)
-        grad[:, C:].mul_(grad_obj)
-        return grad, None, None, None, None, None
+    z = logits.to(loss_dtype(logits))
+    C = z.shape[1] - 2
+    divisor = max(z.shape[0], 1)
+    foreground = gt_classes < C
+    labels = gt_classes.clamp(max=C - 1)  # background rows: any class, weight 0 below
+    # two softmaxes: over the classes (group 0) and over background, object (group 1)
+    column_group = (torch.arange(z.shape[1], device=z.device) >= C).long()
+    target = torch.stack([labels, C + foreground.long()], dim=1)
+    # z_j + log S_ij on the class columns (log S_ii = 0), the objectness columns unchanged
+    log_s = F.pad(seesaw_log_factors(z[:, :C], labels, counts, p, q, eps), (0, 2))
+    ce = group_cross_entropy(z + log_s, column_group, target)  # -log sigma^_i, objectness
+    loss_cls = torch.where(foreground, ce[:, 0], 0.0).sum() / divisor
+    return loss_cls, ce[:, 1].sum() / divisor
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -147,22 +142,21 @@ class Seesaw(Classifier):
 
     def losses(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Seesaw cross entropy over the foreground ROIs and objectness cross entropy over all
-        ROIs, both summed and divided by R. In training mode the batch's foreground class
-        counts (all workers) are added to N first, so every class present has N_i >= 1.
+        ROIs, both summed and divided by R. In training with grad enabled the batch's
+        foreground class counts (all workers) are added to N first, so every class present
+        has N_i >= 1.
 
         Args:
             logits: (R, L).
             gt_classes: (R,) int64 in [0, C], C = background.
         """
-        check_gt_classes(logits, gt_classes, self.num_classes)
-        check_logit_count(logits, self.num_logits, "Seesaw")
+        self.check_inputs(logits, gt_classes)
         C = self.num_classes
-        fg = gt_classes < C
-        if self.training:
-            batch_counts = torch.bincount(gt_classes[fg], minlength=C).to(self.cum_samples)
+        if self.training and torch.is_grad_enabled():
+            batch_counts = class_counts(gt_classes, C, self.cum_samples.dtype)
             self.cum_samples += all_reduce_sum(batch_counts)
-        loss_cls, loss_obj = _SeesawLosses.apply(
-            logits, gt_classes, self.cum_samples, self.p, self.q, self.eps
+        loss_cls, loss_obj = seesaw_loss(
+            logits, gt_classes, self.cum_samples.float(), self.p, self.q, self.eps
         )
         return {"loss_cls": loss_cls, "loss_cls_objectness": loss_obj}
 

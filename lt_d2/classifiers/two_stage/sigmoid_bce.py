@@ -1,33 +1,58 @@
 """SigmoidBCE: C independent sigmoid tasks (EQL v2 Table 1(b)), the base of the sigmoid family.
 
-EQL, BackgroundEQL, DropLoss and BucketedSigmoidBCE subclass it and only change the
-weights of the negative terms (:meth:`SigmoidBCE.weights`); in every one of their equations
-the positive term (a foreground ROI's own class) has weight 1. The loss is computed from the
-positive entries only, with a closed-form backward
-(:func:`lt_d2.classifiers.kernels.one_hot_weighted_sigmoid_bce`).
+EQL, BackgroundEQL, DropLoss, BucketedSigmoidBCE and FederatedSigmoidBCE subclass it: each
+weights the terms of the same binary cross entropy (:func:`weighted_sigmoid_bce`) by its own
+paper's rule, in its own pure loss function.
 
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
-import logging
-from typing import Dict, Optional
+from typing import Dict, Union
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
 from ..base import CLASSIFIER_REGISTRY, Classifier, prior_bias
-from ..checks import check_gt_classes, check_logit_count
-from ..kernels import (
-    NegativeWeights,
-    one_hot_weighted_sigmoid_bce,
-    positive_entries,
-    sigmoid_targets,
-)
+from ..compile import compiled_loss, loss_dtype
+from .labels import class_targets
 
-__all__ = ["SigmoidBCE", "sigmoid_scores_with_background"]
+__all__ = [
+    "SigmoidBCE",
+    "sigmoid_bce_loss",
+    "sigmoid_scores_with_background",
+    "weighted_sigmoid_bce",
+]
 
-logger = logging.getLogger(__name__)
+
+def weighted_sigmoid_bce(
+    z: torch.Tensor, y: torch.Tensor, w: Union[torch.Tensor, float]
+) -> torch.Tensor:
+    """L = -(1/R) sum_r sum_j w_rj log(p_hat_rj), p_hat = sigmoid(z) where y = 1, else
+    1 - sigmoid(z) (DropLoss eqs. 2 and 5, Libra eq. 20, EQL v2 eqs. 3-4 with eqs. 7-8).
+
+    Args:
+        z: (R, C) float32 (or float64) logits. y: (R, C) bool targets.
+        w: (R, C) or (C,) weights (constants of the loss: detached), or a float.
+
+    Returns:
+        the scalar loss; 0 with a gradient path when R = 0.
+    """
+    bce = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
+    return (w * bce).sum() / max(z.shape[0], 1)
+
+
+@compiled_loss
+def sigmoid_bce_loss(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    """Plain sigmoid BCE, every weight 1 (EQL v2 Table 1(b)).
+
+    Args:
+        logits: (R, C), any float dtype (computed in float32).
+        gt_classes: (R,) int64 in [0, C], C = background.
+    """
+    z = logits.to(loss_dtype(logits))
+    return weighted_sigmoid_bce(z, class_targets(gt_classes, z.shape[1]), 1.0)
 
 
 def sigmoid_scores_with_background(logits: torch.Tensor) -> torch.Tensor:
@@ -53,8 +78,9 @@ def sigmoid_scores_with_background(logits: torch.Tensor) -> torch.Tensor:
 class SigmoidBCE(Classifier):
     """C sigmoid logits; a background ROI is an all-zero target row.
 
-    L = (1/R) sum_r sum_j w_rj BCE(z_rj, y_rj) with w = 1 here. Scores: sigmoid(z_j) per
-    category, background column 1 - max_j sigmoid(z_j) (unused by detectron2's inference).
+    L = (1/R) sum_r sum_j BCE(z_rj, y_rj). Scores: sigmoid(z_j) per category, background
+    column 1 - max_j sigmoid(z_j) (unused by detectron2's inference). Subclasses override
+    :meth:`loss` with their paper's weighted form.
 
     Args:
         num_classes: C.
@@ -75,18 +101,9 @@ class SigmoidBCE(Classifier):
     def num_logits(self) -> int:
         return self.num_classes
 
-    def weights(self, logits: torch.Tensor, targets: torch.Tensor) -> Optional[NegativeWeights]:
-        """Weights w_rj of the negative terms (y_rj = 0): None for all ones (this class), a
-        (C,) or (R, C) tensor, or a function of a row chunk ``(rows, z, p, out) -> (n, C)``
-        (:data:`~lt_d2.classifiers.kernels.NegativeWeights`), which the loss kernel evaluates
-        chunk by chunk so that per-term weights need no (R, C) buffer.
-
-        Subclasses implement their paper's weights here from the (R, C) detached logits and
-        the (R, C) binary targets (sparse in training, see
-        :func:`~lt_d2.classifiers.kernels.sigmoid_targets`; a background ROI is an all-zero
-        row). Entries at positive terms (y_rj = 1) are not read: those terms have weight 1.
-        """
-        return None
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """The method's loss of checked (R, C) logits and (R,) labels in [0, C]."""
+        return sigmoid_bce_loss(logits, gt_classes)
 
     def losses(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -94,16 +111,8 @@ class SigmoidBCE(Classifier):
             logits: (R, C).
             gt_classes: (R,) int64 in [0, C], C = background.
         """
-        check_gt_classes(logits, gt_classes, self.num_classes)
-        check_logit_count(logits, self.num_logits, type(self).__name__)
-        # half-precision logits (autocast) are computed in float32, float64 stays float64
-        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        targets = sigmoid_targets(gt_classes, self.num_classes)
-        neg_weights = self.weights(z.detach(), targets)
-        loss, _, _ = one_hot_weighted_sigmoid_bce(
-            z, *positive_entries(targets), z.new_ones(self.num_classes), neg_weights
-        )
-        return {"loss_cls": loss}
+        self.check_inputs(logits, gt_classes)
+        return {"loss_cls": self.loss(logits, gt_classes)}
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """(R, C) logits -> (R, C + 1) scores, see :func:`sigmoid_scores_with_background`."""

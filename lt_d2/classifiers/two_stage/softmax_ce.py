@@ -3,19 +3,71 @@
 Shape shorthand: R = ROIs, C = foreground classes.
 """
 
-import logging
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
-from ..checks import check_gt_classes, check_logit_count
-from ..kernels import softmax_cross_entropy
+from ..compile import compiled_loss, loss_dtype
 
-__all__ = ["SoftmaxCE"]
+__all__ = ["SoftmaxCE", "group_cross_entropy", "group_logsumexp", "softmax_ce_loss"]
 
-logger = logging.getLogger(__name__)
+
+def group_logsumexp(z: torch.Tensor, column_group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """log sum_{j in G_n} exp(z_ij) of every row i and group G_n of a partition of the columns.
+
+    Computed as m_n + log sum_{j in G_n} exp(z_ij - m_n) with m_n the group's row maximum (a
+    constant: it cancels in the value and in the gradient), so that every logit's exp is
+    evaluated once; groups are selected by masks over the whole row (no column slices, whose
+    gradients would scatter into zeroed (R, L) buffers).
+
+    Args:
+        z: (R, L). column_group: (L,) int64 group in [0, G) of each column. num_groups: G.
+
+    Returns:
+        (R, G).
+    """
+    groups = [column_group == n for n in range(num_groups)]
+    m = torch.stack([z.masked_fill(~g, -torch.inf).amax(dim=1) for g in groups], dim=1).detach()
+    e = torch.exp(z - m[:, column_group])
+    return m + torch.log(torch.stack([torch.where(g, e, 0.0).sum(dim=1) for g in groups], dim=1))
+
+
+def group_cross_entropy(
+    z: torch.Tensor, column_group: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """-log softmax_{G_n}(z_i)[t_in] of every row i and group G_n: the cross entropies of
+    softmaxes that each run over one group of columns (BAGS's groups, Seesaw's class and
+    objectness softmaxes). The target logits are picked with one-hot masks (a gather's gradient
+    would scatter into a zeroed (R, L) buffer), so the gradient is one pointwise expression.
+
+    Args:
+        z: (R, L). column_group: (L,) int64 group in [0, G) of each column.
+        target: (R, G) int64 target column t_in of row i in group G_n (one of G_n's columns).
+
+    Returns:
+        (R, G).
+    """
+    columns = torch.arange(z.shape[1], device=z.device)
+    z_t = [torch.where(columns == t[:, None], z, 0.0).sum(dim=1) for t in target.unbind(1)]
+    return group_logsumexp(z, column_group, target.shape[1]) - torch.stack(z_t, dim=1)
+
+
+@compiled_loss
+def softmax_ce_loss(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    """L = -(1/R) sum_r log softmax(z_r)[gt_r] (detectron2's ``cross_entropy``).
+
+    Args:
+        logits: (R, C + 1), any float dtype (computed in float32).
+        gt_classes: (R,) int64 in [0, C], C = background.
+
+    Returns:
+        the scalar loss; 0 with a gradient path when R = 0.
+    """
+    z = logits.to(loss_dtype(logits))
+    return F.cross_entropy(z, gt_classes, reduction="sum") / max(z.shape[0], 1)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -43,13 +95,12 @@ class SoftmaxCE(Classifier):
             logits: (R, C + 1).
             gt_classes: (R,) int64 in [0, C], C = background.
         """
-        check_gt_classes(logits, gt_classes, self.num_classes)
-        check_logit_count(logits, self.num_logits, type(self).__name__)
-        if logits.shape[0] == 0:
-            return {"loss_cls": logits.sum() * 0.0}
-        # half-precision logits (autocast) are computed in float32, float64 stays float64
-        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return {"loss_cls": softmax_cross_entropy(z, gt_classes, logits.shape[0])}
+        self.check_inputs(logits, gt_classes)
+        return {"loss_cls": self.loss(logits, gt_classes)}
+
+    def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """The method's loss of checked (R, C + 1) logits and (R,) labels in [0, C]."""
+        return softmax_ce_loss(logits, gt_classes)
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """(R, C + 1) logits -> (R, C + 1) softmax probabilities."""

@@ -10,7 +10,6 @@ Shape shorthand: N = images, R = anchors of one image over all levels, R_l = anc
 l, P = positive anchors of the batch, C = foreground classes, A = anchors per location.
 """
 
-import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -29,7 +28,6 @@ from .dense_classification import DenseClassifierHead
 
 __all__ = ["LTRetinaNet"]
 
-logger = logging.getLogger(__name__)
 
 # Box regression losses this detector adds to detectron2's own.
 _LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")

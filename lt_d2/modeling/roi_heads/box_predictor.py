@@ -4,7 +4,6 @@ Shape shorthand: R = sampled ROIs of the batch, C = foreground classes, L = the 
 ``num_logits``.
 """
 
-import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -25,7 +24,6 @@ from ..classifier_head import ClassifierHead
 
 __all__ = ["LTBoxPredictor"]
 
-logger = logging.getLogger(__name__)
 
 # Box regression losses this predictor adds to detectron2's own.
 _LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
