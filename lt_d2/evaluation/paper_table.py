@@ -179,11 +179,8 @@ def read_run(output_dir: str) -> RunResult:
                 f"{p} not found: pass the OUTPUT_DIR of a train_net.py run (it writes "
                 f"config.yaml at start and metrics.json with the final evaluation)"
             )
-    from lt_d2.config.merge import renamed_key
-
     with open(paths[0], encoding="utf-8") as f:
-        # a run from before a config section was renamed: its keys under today's names
-        config = {renamed_key(k) or k: v for k, v in flatten(yaml.safe_load(f)).items()}
+        config = flatten(yaml.safe_load(f))
     metrics = _final_metrics(paths[1], config.get("DATASETS.TEST") or [""])
     return RunResult(output_dir=output_dir, config=config, metrics=metrics)
 
