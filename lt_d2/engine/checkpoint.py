@@ -25,6 +25,7 @@ from torch import nn
 
 from lt_d2.classifiers import Classifier
 from lt_d2.classifiers.gradient_stats import GradientStats
+from lt_d2.modeling.classifier_head import unwrap_ddp
 
 __all__ = ["LTCheckpointer", "classifier_record"]
 
@@ -35,15 +36,13 @@ RECORD_KEY = "lt_d2_classifiers"
 
 def classifier_record(model: nn.Module) -> Dict[str, Dict]:
     """{module name: {"name", "num_classes", "num_logits"}} of every Classifier in ``model``."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
     return {
         name: {
             "name": type(m).__name__,
             "num_classes": int(m.num_classes),
             "num_logits": int(m.num_logits),
         }
-        for name, m in model.named_modules()
+        for name, m in unwrap_ddp(model).named_modules()
         if isinstance(m, Classifier)
     }
 

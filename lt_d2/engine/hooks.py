@@ -25,7 +25,7 @@ from lt_d2.evaluation.balance import (
     group_means,
     save_balance_dump,
 )
-from lt_d2.modeling.classifier_head import ClassifierHead, classifier_heads
+from lt_d2.modeling.classifier_head import ClassifierHead, classifier_heads, unwrap_ddp
 
 __all__ = [
     "GradientBalanceHook",
@@ -172,10 +172,8 @@ def nonfinite_update_warnings(model: nn.Module, names: Optional[List[str]] = Non
     """One message per classifier (or GradientStats) of ``model`` that skipped a non-finite
     per-category update since the last call, naming it and the categories (``names``: the
     (C,) category names, when known); clears the counters (:func:`pop_nonfinite_updates`)."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
     messages = []
-    for module_name, (class_name, counts) in pop_nonfinite_updates(model).items():
+    for module_name, (class_name, counts) in pop_nonfinite_updates(unwrap_ddp(model)).items():
         bad = counts.nonzero()[:, 0].tolist()
         cats = [f"{j} ({names[j]})" if names else str(j) for j in bad[:10]]
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""

@@ -21,7 +21,6 @@ level l, G = GT boxes of one image, P = positive anchors of the batch, C = foreg
 A = anchors per location.
 """
 
-import logging
 from typing import Dict, List, Tuple
 
 import torch
@@ -48,7 +47,6 @@ from .dense_classification import DenseClassifierHead
 
 __all__ = ["ATSS", "ATSSHead"]
 
-logger = logging.getLogger(__name__)
 
 QUALITY_BRANCHES = ("centerness", "iou")
 

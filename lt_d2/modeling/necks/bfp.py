@@ -18,7 +18,6 @@ Shape shorthand: N = images, Ch = FPN channels, H_l x W_l = level l's size,
 H x W = the refine level's size.
 """
 
-import logging
 from typing import Dict, Tuple
 
 import torch
@@ -40,7 +39,6 @@ __all__ = [
     "rescale_feature",
 ]
 
-logger = logging.getLogger(__name__)
 
 REFINE_TYPES = ("non_local", "conv", "none")
 

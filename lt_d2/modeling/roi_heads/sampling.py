@@ -20,7 +20,6 @@ device, so the result is deterministic given that generator's state.
 Shape shorthand: P = proposals of one image.
 """
 
-import logging
 from typing import Tuple
 
 import torch
@@ -28,7 +27,6 @@ from torch import Tensor
 
 __all__ = ["POSITIVE_BALANCE_MODES", "iou_balanced_subsample"]
 
-logger = logging.getLogger(__name__)
 
 # "none": random positives (detectron2's); "per_gt" and "per_class": sec. 3.1, last paragraph.
 POSITIVE_BALANCE_MODES = ("none", "per_gt", "per_class")
