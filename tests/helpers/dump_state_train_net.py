@@ -1,7 +1,7 @@
 """train_net.py, unchanged, whose trainer also saves every process's classifier state after
 training (tests/engine/test_multiprocess_training.py reads it).
 
-python tests/engine/dump_state_train_net.py <train_net.py's arguments>
+python tests/helpers/dump_state_train_net.py <train_net.py's arguments>
 """
 
 import os
@@ -13,12 +13,13 @@ from detectron2.utils import comm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import train_net  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
+from lt_d2.modeling.classifier_head import unwrap_ddp  # noqa: E402
 
 
 class StateDumpingTrainer(LTTrainer):
     def train(self):
         results = super().train()
-        model = getattr(self.model, "module", self.model)  # inside DistributedDataParallel
+        model = unwrap_ddp(self.model)
         state = {
             key: value
             for key, value in model.roi_heads.box_predictor.state_dict().items()

@@ -2,7 +2,7 @@
 demo's categories whose loader raises, as a training set that is not on disk does
 (tests/engine/test_eval_only.py).
 
-python tests/engine/unreadable_train_set_train_net.py <train_net.py's arguments>
+python tests/helpers/unreadable_train_set_train_net.py <train_net.py's arguments>
 """
 
 import os
