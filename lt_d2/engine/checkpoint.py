@@ -8,7 +8,7 @@ weights, the record ``lt_d2_classifiers`` = {module name: {name, num_classes, nu
 every :class:`~lt_d2.classifiers.Classifier` in the model, and on loading refuses a file whose
 record disagrees with the model, except in a decoupled stage (``MODEL.DECOUPLE.ENABLED``),
 which changes the classifier on purpose. Files without a record (ImageNet backbones,
-detectron2's model zoo, checkpoints of older lt_d2 versions) are loaded as before.
+detectron2's model zoo) are loaded as detectron2 loads them.
 
 It also names the file when it cannot be read (a truncated copy gives torch's bare zip
 error), and, for ``--eval-only``, refuses weights that leave model parameters uninitialised.
