@@ -10,7 +10,8 @@ import sys
 import torch
 from detectron2.utils import comm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# the repository root instead of this script's folder, whose lvis.py would hide lvis-api
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
 from lt_d2.modeling.classifier_head import unwrap_ddp  # noqa: E402

@@ -10,7 +10,8 @@ import sys
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# the repository root instead of this script's folder, whose lvis.py would hide lvis-api
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402
 
 UNREADABLE = "lt_test_unreadable_train"
