@@ -1,4 +1,4 @@
-# The two set-up commands of README.md. Both create .venv/ on first use (install/install.sh).
+# The make targets of README.md and docs/testing.md. Each creates .venv/ on first use (install/install.sh).
 #   make demo        train + evaluate the demo Mask R-CNN on the generated long-tailed dataset
 #   make test        lint, layering contracts and the test suite (two pytest workers, one thread
 #                    each: the tests are small models, which use two processes better than two

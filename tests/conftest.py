@@ -1,5 +1,6 @@
-"""Shared fixtures: configs of the tiny demo model, shrunk to "instant" size for tests; and the
-check that keeps integration runs out of the unit tier. Helpers live in tests/helpers/."""
+"""Shared fixtures: configs of the tiny demo model, shrunk to "instant" size for tests; tiny
+registered LVIS-format datasets; and the check that keeps integration runs out of the unit tier.
+Helpers live in tests/helpers/."""
 
 import os
 import subprocess
@@ -9,12 +10,15 @@ from typing import Callable
 import pytest
 import torch.multiprocessing as mp
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase
 
 from lt_d2.classifiers import build as classifier_build
 from lt_d2.classifiers import compile as loss_compile
+from lt_d2.data import register_lvis_format
 
 from helpers.config import DEMO_CONFIG, INSTANT_OPTS, load_config
+from helpers.lvis import write_tiny_lvis_json
 
 
 @pytest.fixture
@@ -38,6 +42,29 @@ def eager_losses(monkeypatch):
     (helpers.compiled_losses)."""
     monkeypatch.setattr(loss_compile, "_ENABLED", False)
     monkeypatch.setattr(classifier_build, "set_compile_enabled", lambda enabled: None)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """Factory: ``tiny_dataset(name, names, annotations, images_present=(), **kw)`` writes
+    ``name.json`` (:func:`helpers.lvis.write_tiny_lvis_json`), creates empty files for the
+    image ids in ``images_present`` and registers the dataset, removed from detectron2's
+    catalogs after the test; returns the json's path."""
+    registered = []
+
+    def make(name, names, annotations, images_present=(), **kw):
+        file = write_tiny_lvis_json(tmp_path / f"{name}.json", names, annotations, **kw)
+        os.makedirs(tmp_path / "train", exist_ok=True)
+        for i in images_present:
+            (tmp_path / "train" / f"{i:06d}.jpg").write_bytes(b"")
+        register_lvis_format(name, file, str(tmp_path))
+        registered.append(name)
+        return file
+
+    yield make
+    for name in registered:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
 
 
 def _runs_an_interpreter(args) -> bool:

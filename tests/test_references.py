@@ -1,7 +1,8 @@
 """Text that names files names files that exist: every ``configs/...`` path in the README, the
-scripts, lt_d2's sources and the configs' comments is in the repository, and every other cited
-``.md`` / ``.py`` / ``.yaml`` file either is too or is marked as someone else's (the authors'
-official code, detectron2, ...) on the line that cites it."""
+docs/ pages, the scripts, lt_d2's sources and the configs' comments is in the repository, and
+every other cited ``.md`` / ``.py`` / ``.yaml`` file either is too or is marked as someone
+else's (the authors' official code, detectron2, ...) on the line that cites it. Every docs/
+page is linked from the README."""
 
 import fnmatch
 import glob
@@ -16,6 +17,7 @@ SOURCES = sorted(
     os.path.relpath(p, REPO)
     for pattern in (
         "README.md",
+        "docs/*.md",
         "datasets/README.md",
         "Makefile",
         "setup.py",
@@ -58,19 +60,29 @@ def _exists(path: str, citing_dir: str) -> bool:
     return False
 
 
+# The recipe page names the files a reader creates in a project of their own (my_lt/); its code
+# blocks are run by tests/test_adding_a_classifier.py, so they are left out here.
+RECIPE = "docs/adding_a_classifier.md"
+FENCED = re.compile(r"^```.*?^```", re.S | re.M)
+
+
 def _text(source: str) -> str:
-    """The file's text; README.md's "Adding a classifier" names the files a reader creates
-    (tests/test_readme_classifier.py runs it), so that section is left out."""
+    """The file's text (the recipe page without its code blocks and the reader's my_lt/ files)."""
     text = open(os.path.join(REPO, source)).read()
-    if source == "README.md":
-        start = text.index("\n## Adding a classifier\n")
-        text = text[:start] + text[text.index("\n## ", start + 1) :]
+    if source == RECIPE:
+        text = re.sub(r"my_lt/[\w/.]*", "", FENCED.sub("", text))
     return text
 
 
 def test_sources_are_found():
-    assert {"README.md", "train_net.py", "lt_d2/config/defaults.py"} <= set(SOURCES)
+    assert {"README.md", RECIPE, "train_net.py", "lt_d2/config/defaults.py"} <= set(SOURCES)
     assert any(s.startswith("configs/demo/") for s in SOURCES)
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    pages = sorted(s for s in SOURCES if s.startswith("docs/"))
+    assert [p for p in pages if f"]({p})" not in readme] == []
 
 
 @pytest.mark.parametrize("source", SOURCES)

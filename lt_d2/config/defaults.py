@@ -16,8 +16,7 @@ subclasses, and no other: ``DropLoss(EQL(SigmoidBCE))`` reads ``DROP_LOSS``, ``E
 key another default has the key in its own section and does not read the base's
 (``FEDERATED_SIGMOID_BCE.PRIOR``: CenterNet2's 0.01). A class without keys of its own
 (``SoftmaxCE``, ``EQLv2Softmax2C``) has no section. tests/config/test_classifier_sections.py
-checks the rule for every registered classifier. Renamed sections are listed, and accepted
-under their old names for one release, in :mod:`lt_d2.config.merge`.
+checks the rule for every registered classifier.
 """
 
 from detectron2.config import CfgNode as CN

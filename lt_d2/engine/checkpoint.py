@@ -8,7 +8,7 @@ weights, the record ``lt_d2_classifiers`` = {module name: {name, num_classes, nu
 every :class:`~lt_d2.classifiers.Classifier` in the model, and on loading refuses a file whose
 record disagrees with the model, except in a decoupled stage (``MODEL.DECOUPLE.ENABLED``),
 which changes the classifier on purpose. Files without a record (ImageNet backbones,
-detectron2's model zoo, checkpoints of older lt_d2 versions) are loaded as before.
+detectron2's model zoo) are loaded as detectron2 loads them.
 
 It also names the file when it cannot be read (a truncated copy gives torch's bare zip
 error); for ``--eval-only`` it refuses weights that leave model parameters uninitialised, and
@@ -27,6 +27,7 @@ from torch import nn
 
 from lt_d2.classifiers import Classifier
 from lt_d2.classifiers.gradient_stats import GradientStats
+from lt_d2.modeling.classifier_head import unwrap_ddp
 
 __all__ = ["LTCheckpointer", "classifier_record"]
 
@@ -37,15 +38,13 @@ RECORD_KEY = "lt_d2_classifiers"
 
 def classifier_record(model: nn.Module) -> Dict[str, Dict]:
     """{module name: {"name", "num_classes", "num_logits"}} of every Classifier in ``model``."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
     return {
         name: {
             "name": type(m).__name__,
             "num_classes": int(m.num_classes),
             "num_logits": int(m.num_logits),
         }
-        for name, m in model.named_modules()
+        for name, m in unwrap_ddp(model).named_modules()
         if isinstance(m, Classifier)
     }
 

@@ -26,7 +26,7 @@ from lt_d2.evaluation.balance import (
     group_means,
     save_balance_dump,
 )
-from lt_d2.modeling.classifier_head import ClassifierHead, classifier_heads
+from lt_d2.modeling.classifier_head import ClassifierHead, classifier_heads, unwrap_ddp
 
 __all__ = [
     "GradientBalanceHook",
@@ -179,8 +179,7 @@ def nonfinite_update_warnings(
     With ``loss_scaled`` (mixed precision: SOLVER.AMP.ENABLED), a GradientStats's skipped
     updates are GradScaler overflows, steps the scaler skips too, and not reported; the
     classifiers' own state is computed from float32 probabilities and still is."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
+    model = unwrap_ddp(model)
     messages = []
     for module_name, (class_name, counts) in pop_nonfinite_updates(model).items():
         if loss_scaled and isinstance(model.get_submodule(module_name), GradientStats):

@@ -16,7 +16,6 @@ GradientBalanceHook). Written per stage (suffix ``_stage<k>`` for Cascade R-CNN'
 """
 
 import argparse
-import logging
 import os
 from typing import List, Optional, Sequence
 
@@ -26,7 +25,6 @@ from .balance import BalanceDump, list_balance_dumps, load_balance_dump, plot_so
 
 __all__ = ["plot_runs", "main"]
 
-logger = logging.getLogger(__name__)
 
 # Iterations shown per run in the over-training figure ([EQLv2] Fig. 2 shows a handful).
 _MAX_SNAPSHOTS = 5

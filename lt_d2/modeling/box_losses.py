@@ -20,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "BALANCED_L1_FORMS",
     "BOX_REGRESSION_LOSSES",
+    "LT_BOX_REGRESSION_LOSSES",
     "balanced_l1_loss",
     "box_regression_loss",
     "box_regression_loss_args",
@@ -27,7 +28,10 @@ __all__ = [
 ]
 
 
-BOX_REGRESSION_LOSSES = ("smooth_l1", "balanced_l1", "lgr_l1")
+# The losses lt_d2 adds to detectron2's own box regression losses (smooth L1, GIoU, ...): the
+# heads compute these through box_regression_loss and leave the others to detectron2.
+LT_BOX_REGRESSION_LOSSES = ("balanced_l1", "lgr_l1")
+BOX_REGRESSION_LOSSES = ("smooth_l1",) + LT_BOX_REGRESSION_LOSSES
 # How balanced L1 extends eq. (9) to a transition point beta != 1 (equal at beta = 1).
 BALANCED_L1_FORMS = ("official", "rescaled")
 

@@ -23,7 +23,7 @@ from torch import nn
 from lt_d2.classifiers import Classifier
 from lt_d2.classifiers.gradient_stats import GradientBalance, GradientStats
 
-__all__ = ["ClassifierHead", "classifier_heads"]
+__all__ = ["ClassifierHead", "classifier_heads", "unwrap_ddp"]
 
 
 class ClassifierHead:
@@ -77,6 +77,14 @@ class ClassifierHead:
 def classifier_heads(model: nn.Module) -> List[Tuple[str, ClassifierHead]]:
     """Every :class:`ClassifierHead` of ``model`` (DDP-wrapped or not), in module order, with
     its qualified name ("" for the model itself)."""
+    return [
+        (name, m) for name, m in unwrap_ddp(model).named_modules() if isinstance(m, ClassifierHead)
+    ]
+
+
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (as detectron2's trainer builds it
+    for several workers), else ``model``: its module names are those of a single process."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, ClassifierHead)]
+        return model.module
+    return model

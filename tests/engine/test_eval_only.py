@@ -1,7 +1,7 @@
 """``--eval-only`` never loads the training set: a config whose training set cannot be read
 still evaluates, with the LVIS bins taken from the training counts the evaluated json stores.
 
-Integration test: train_net.py in a subprocess (tests/engine/unreadable_train_set_train_net.py
+Integration test: train_net.py in a subprocess (tests/helpers/unreadable_train_set_train_net.py
 registers a training set whose loader raises).
 """
 
@@ -20,7 +20,7 @@ from helpers.config import DEMO_CONFIG, REPO, load_config
 
 pytestmark = pytest.mark.integration  # train_net.py in a subprocess
 
-SCRIPT = os.path.join(REPO, "tests", "engine", "unreadable_train_set_train_net.py")
+SCRIPT = os.path.join(REPO, "tests", "helpers", "unreadable_train_set_train_net.py")
 LOADER_ERROR = "the training set is not on disk"
 
 

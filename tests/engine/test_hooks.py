@@ -1,5 +1,7 @@
-"""GradientBalanceHook on a tiny fake trainer: scalar names and values, images, dumps."""
+"""GradientBalanceHook on a tiny fake trainer: scalar names and values, images, dumps; and
+NonFiniteStateHook reporting a classifier's skipped updates at its period."""
 
+import logging
 import os
 from types import SimpleNamespace
 from typing import Dict
@@ -12,8 +14,9 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from lt_d2.classifiers import Classifier
+from lt_d2.classifiers.two_stage.eqlv2 import EQLv2
 from lt_d2.data import CategoryStats
-from lt_d2.engine.hooks import GradientBalanceHook, classifier_weight_norms
+from lt_d2.engine.hooks import GradientBalanceHook, NonFiniteStateHook, classifier_weight_norms
 from lt_d2.evaluation.balance import list_balance_dumps, load_balance_dump
 from lt_d2.modeling.classifier_head import ClassifierHead
 
@@ -161,3 +164,20 @@ def test_mismatched_category_count_fails_before_training(tmp_path):
         hook.before_train()
     with pytest.raises(ValueError, match="DIAGNOSTICS.PERIOD"):
         GradientBalanceHook(0, STATS, str(tmp_path))
+
+
+def test_skipped_update_is_reported_by_the_trainer_hook_at_its_period(caplog):
+    # a NaN logit of category 2 on a background ROI: EQL v2 skips that category's update
+    clf = EQLv2(num_classes=4).train()
+    gt = torch.tensor([0, 1, 4, 4, 3])
+    logits = torch.randn(len(gt), clf.num_logits, generator=torch.Generator().manual_seed(0))
+    logits[3, 2] = float("nan")
+    clf.losses(logits, gt)
+    hook = NonFiniteStateHook(period=20, names=["a", "b", "c", "d"])
+    hook.trainer = SimpleNamespace(model=clf, iter=18, max_iter=100)
+    with caplog.at_level(logging.WARNING, logger="lt_d2"):
+        hook.after_step()  # iteration 19: not a reporting iteration
+        assert caplog.text == ""
+        hook.trainer.iter = 19
+        hook.after_step()
+    assert "iteration 20: EQLv2" in caplog.text and "2 (c)" in caplog.text

@@ -28,7 +28,7 @@ from lt_d2.compat import launch_supports_cpu
 from helpers.config import REPO
 from helpers.gloo import free_port
 
-SCRIPT = os.path.join(REPO, "tests", "engine", "dump_state_train_net.py")
+SCRIPT = os.path.join(REPO, "tests", "helpers", "dump_state_train_net.py")
 CONFIG = os.path.join(REPO, "configs", "demo", "eqlv2", "eqlv2_mask_rcnn_R_18_FPN_demo.yaml")
 ITERATIONS, PERIOD = 4, 2
 OPTS = [

@@ -157,3 +157,19 @@ def test_category_count_mismatch_fails_at_construction(dataset):
     wrong = CategoryStats(instance_counts=[1, 2], image_counts=[1, 1], num_images=2)
     with pytest.raises(ValueError, match="training set's categories"):
         LTLVISEvaluator(name, category_stats=wrong)
+
+
+def test_ap_of_a_frequency_group_absent_from_the_validation_set_is_nan(tiny_dataset):
+    # two frequent categories, no rare or common one: lvis-api's APr / APc placeholder is -1
+    tiny_dataset("lt_ue_no_rare", ["a", "b"], [(1, 1), (1, 2)], num_images=1)
+    stats = CategoryStats(instance_counts=[500, 600], image_counts=[200, 300], num_images=300)
+    evaluator = LTLVISEvaluator(
+        "lt_ue_no_rare", tasks=("bbox",), output_dir=None, category_stats=stats
+    )
+    # both boxes of write_tiny_lvis_json (8-pixel squares at (2, 2)) detected exactly
+    res = evaluate_detections(
+        evaluator, [(1, 0, 2.0, 2.0, 0.9), (1, 1, 2.0, 2.0, 0.8)], [1], image_size=32, box_size=8
+    )["bbox"]
+    assert res["APf"] == pytest.approx(100.0)
+    assert np.isnan(res["APr"]) and np.isnan(res["APc"])
+    assert not np.isnan(res["AP3"])  # the bin both categories fall in

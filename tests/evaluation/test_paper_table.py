@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lt_d2.engine import LTTrainer
-from lt_d2.evaluation.paper_table import PAPER_RESULTS, load_paper_results, main
+from lt_d2.evaluation.paper_table import PAPER_RESULTS, load_paper_results, main, read_run
 
 from helpers.config import DEMO_CONFIG, REPO, load_config
 from helpers.training import evaluation_results
@@ -346,3 +346,23 @@ def test_two_instant_demo_runs(instant_cfg, tmp_path):
         )
     rows = _markdown_rows(main([*runs, "--markdown"]))
     assert rows == expected
+
+
+def test_a_run_with_keys_of_another_lt_d2_version_matches_its_config_row(tmp_path):
+    # a RetinaNet EFL run whose config.yaml names the dense classifiers' sections EFL / FOCAL
+    # (keys this lt_d2 does not have): the table lists the keys only one side has and matches
+    # the run on the others
+    new_scale = "MODEL.DENSE_CLASSIFIER.EQUALIZED_FOCAL_LOSS.SCALE"
+    other_scale = "MODEL.DENSE_CLASSIFIER.EFL.SCALE"
+    cfg = load_config(
+        os.path.join(REPO, "configs", "efl", "efl_retinanet_R_50_FPN_2x_lvis_v1.yaml")
+    )
+    dumped = cfg.dump().replace("EQUALIZED_FOCAL_LOSS:", "EFL:").replace("FOCAL_LOSS:", "FOCAL:")
+    assert "    EFL:\n" in dumped and "    FOCAL:\n" in dumped
+    (tmp_path / "config.yaml").write_text(dumped)
+    (tmp_path / "metrics.json").write_text('{"bbox/AP": 20.0, "iteration": 179999}\n')
+    run = read_run(str(tmp_path))
+    assert other_scale in run.unknown and new_scale in run.absent
+    table = main([str(tmp_path)])
+    assert "EFL Table 6, RetinaNet + EFL" in table
+    assert f"typed otherwise: {', '.join(run.unknown)}; not in the run:" in table

@@ -1,6 +1,7 @@
 """The balance dump round trip and the plotting command line on hand-made dumps."""
 
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -73,3 +74,15 @@ def test_cli_errors_name_the_problem(tmp_path):
     _dump(str(tmp_path / "b"), 20, stages=3)
     with pytest.raises(ValueError, match="stage count"):
         main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "fig")])
+
+
+def test_truncated_balance_dump_names_the_path(tmp_path):
+    run = tmp_path / "run" / "balance"
+    run.mkdir(parents=True)
+    np.savez(run / "iter_0000020.npz", stages=np.asarray(["roi_heads"]), iteration=np.int64(20))
+    data = (run / "iter_0000020.npz").read_bytes()
+    (run / "iter_0000020.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"iter_0000020\.npz.*truncated"):
+        main([str(tmp_path / "run"), "--out", str(tmp_path / "fig")])
+    with pytest.raises(zipfile.BadZipFile):  # what np.load itself says: no path
+        np.load(run / "iter_0000020.npz")

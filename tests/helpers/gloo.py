@@ -1,7 +1,9 @@
-"""Run a function in several CPU processes joined by a gloo process group (tests only)."""
+"""Run a function in several CPU processes joined by a gloo process group (tests only), and
+compare the state such workers end with to one process's."""
 
+import os
 import socket
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 import torch.distributed as dist
@@ -40,3 +42,26 @@ def run_on_gloo_workers(fn: Callable, world_size: int, *args) -> None:
         join=True,
         start_method="fork",
     )
+
+
+def _save_share_state(rank: int, train: Callable, world_size: int, rows: int, out_dir: str):
+    share = slice(rank * (rows // world_size), (rank + 1) * (rows // world_size))
+    torch.save(train(share), os.path.join(out_dir, f"rank{rank}.pth"))
+
+
+def assert_workers_match_one_process(
+    train: Callable, rows: int, world_size: int, out_dir: str
+) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Run ``train(rows_slice) -> {name: state_dict}`` on ``world_size`` gloo workers, each on
+    its equal share of the ``rows`` rows of every batch, and assert that every worker ends with
+    the same state, equal to one process's on all rows; returns that one process's states."""
+    run_on_gloo_workers(_save_share_state, world_size, train, world_size, rows, out_dir)
+    ranks = [torch.load(os.path.join(out_dir, f"rank{k}.pth")) for k in range(world_size)]
+    single = train(slice(None))
+    for name, state in single.items():
+        assert state and all(v.sum() > 0 for v in state.values()), name
+        for key, value in state.items():
+            for other in ranks[1:]:
+                assert torch.equal(ranks[0][name][key], other[name][key]), (name, key)
+            torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-6, atol=1e-12)
+    return single

@@ -82,3 +82,23 @@ def evaluate_detections(
         inst.pred_classes = torch.tensor([c for _, c, *_ in dets])
         evaluator.process([{"image_id": img}], [{"instances": inst}])
     return evaluator.evaluate()
+
+
+def write_tiny_lvis_json(
+    path,
+    names: Sequence[str],
+    annotations: Iterable[Tuple[int, int]],
+    *,
+    num_images=3,
+    frequency="f",
+) -> str:
+    """An LVIS-format json of ``num_images`` 32-pixel images, one category per name (all of
+    ``frequency``), one 8-pixel box per (image id, category id) pair of ``annotations``."""
+    return write_lvis_json(
+        path,
+        [{"name": n, "frequency": frequency} for n in names],
+        [(img, cat, 2.0, 2.0) for img, cat in annotations],
+        num_images=num_images,
+        image_size=32,
+        box_size=8,
+    )

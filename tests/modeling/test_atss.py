@@ -105,8 +105,11 @@ def test_empty_gt_and_topk_larger_than_level():
     # 8/32 (a1), 24/64 (a8), 0 elsewhere: mean 0.12917 + std 0.23112 = 0.36028, so a0 and a8
     # pass the IoU test, but a8's centre (4, 4) lies on A's edge y = 4, not strictly inside.
     assert _match([GT_A], topk=20) == [0] + [-1] * 9
-    with pytest.raises(ValueError, match="top-k"):
-        _match([GT_A], topk=0)
+
+
+def test_topk_below_one_is_refused_when_the_detector_is_built():
+    with pytest.raises(ValueError, match=r"MODEL.ATSS.TOPK must be >= 1, got 0"):
+        _model(**{"MODEL.ATSS.TOPK": 0})
 
 
 def test_centerness_targets_formula():

@@ -105,7 +105,7 @@ class ATSSHead(RetinaNetHead):
             conv_dims=conv_dims,
             norm=retinanet_head_norm(norm),
         )
-        if norm:  # a conv followed by a normalisation has no bias (checkpoint keys as before)
+        if norm:  # a conv followed by a normalisation has no bias (and no bias key in checkpoints)
             for layer in (*self.cls_subnet, *self.bbox_subnet):
                 if isinstance(layer, nn.Conv2d):
                     layer.bias = None

@@ -30,13 +30,12 @@ def atss_match(anchors_per_level: Sequence[Tensor], gt_boxes: Tensor, topk: int)
     Args:
         anchors_per_level: per level, (R_l, 4) anchor boxes (x0, y0, x1, y1).
         gt_boxes: (G, 4) GT boxes.
-        topk: candidates per level and GT (k).
+        topk: candidates per level and GT (k >= 1; the ATSS detector checks MODEL.ATSS.TOPK
+            when it is built).
 
     Returns:
         (R,) int64: the index of the matched GT per anchor, -1 for background.
     """
-    if topk < 1:
-        raise ValueError(f"ATSS top-k must be >= 1 (MODEL.ATSS.TOPK), got {topk}")
     anchors = torch.cat(list(anchors_per_level), dim=0)
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     matched = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)

@@ -23,14 +23,10 @@ from torch import Tensor
 
 from lt_d2.classifiers import DenseClassifier
 
-from ..box_losses import box_regression_loss, box_regression_loss_args
+from ..box_losses import LT_BOX_REGRESSION_LOSSES, box_regression_loss, box_regression_loss_args
 from .dense_classification import DenseClassifierHead
 
 __all__ = ["LTRetinaNet"]
-
-
-# Box regression losses this detector adds to detectron2's own.
-_LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
 
 
 # Scores per top-k call: torch's CPU top-k copies its whole input (values and indices).
@@ -84,7 +80,7 @@ class LTRetinaNet(DenseClassifierHead, RetinaNet):
                 ``focal_loss_gamma`` are not used: the classifier owns its loss).
         """
         super().__init__(**kwargs)
-        if self.box_reg_loss_type in _LT_BOX_LOSSES and not box_reg_loss_args:
+        if self.box_reg_loss_type in LT_BOX_REGRESSION_LOSSES and not box_reg_loss_args:
             raise ValueError(
                 f"box_reg_loss_type '{self.box_reg_loss_type}' needs box_reg_loss_args (its "
                 f"beta, alpha, gamma; from_config reads them from MODEL.BALANCED_L1)"
@@ -98,7 +94,7 @@ class LTRetinaNet(DenseClassifierHead, RetinaNet):
         ret.pop("focal_loss_alpha", None)
         ret.pop("focal_loss_gamma", None)
         ret.update(cls.dense_classifier_from_config(cfg, category_stats))
-        if ret["box_reg_loss_type"] in _LT_BOX_LOSSES:
+        if ret["box_reg_loss_type"] in LT_BOX_REGRESSION_LOSSES:
             ret["box_reg_loss_args"] = box_regression_loss_args(
                 cfg, ret["box_reg_loss_type"], ret["smooth_l1_beta"]
             )
@@ -126,7 +122,7 @@ class LTRetinaNet(DenseClassifierHead, RetinaNet):
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
         losses = self.dense_classification_losses(pred_logits, gt_labels, normalizer)
 
-        if self.box_reg_loss_type in _LT_BOX_LOSSES:
+        if self.box_reg_loss_type in LT_BOX_REGRESSION_LOSSES:
             all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
             gt_deltas = self.box2box_transform.get_deltas(
                 all_anchors.expand(num_images, -1, -1)[pos_mask], torch.stack(gt_boxes)[pos_mask]

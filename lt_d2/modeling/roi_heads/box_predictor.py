@@ -19,14 +19,10 @@ from torch.nn import functional as F
 
 from lt_d2.classifiers import Classifier, build_classifier
 
-from ..box_losses import box_regression_loss, box_regression_loss_args
+from ..box_losses import LT_BOX_REGRESSION_LOSSES, box_regression_loss, box_regression_loss_args
 from ..classifier_head import ClassifierHead
 
 __all__ = ["LTBoxPredictor"]
-
-
-# Box regression losses this predictor adds to detectron2's own.
-_LT_BOX_LOSSES = ("balanced_l1", "lgr_l1")
 
 
 class LTBoxPredictor(ClassifierHead, FastRCNNOutputLayers):
@@ -85,7 +81,7 @@ class LTBoxPredictor(ClassifierHead, FastRCNNOutputLayers):
         ret["gradient_stats"] = cfg.MODEL.GRADIENT_STATS.ENABLED
         ret["tau_norm"] = cfg.MODEL.CLASSIFIER.TAU_NORM
         ret["logit_scale"] = cfg.MODEL.DECOUPLE.ENABLED and cfg.MODEL.DECOUPLE.MODE == "LWS"
-        if ret["box_reg_loss_type"] in _LT_BOX_LOSSES:
+        if ret["box_reg_loss_type"] in LT_BOX_REGRESSION_LOSSES:
             ret["box_loss_args"] = box_regression_loss_args(
                 cfg, ret["box_reg_loss_type"], ret["smooth_l1_beta"]
             )
@@ -156,7 +152,7 @@ class LTBoxPredictor(ClassifierHead, FastRCNNOutputLayers):
 
     def box_reg_loss(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
         """detectron2's box regression loss, plus ``balanced_l1`` and ``lgr_l1``."""
-        if self.box_reg_loss_type not in _LT_BOX_LOSSES:
+        if self.box_reg_loss_type not in LT_BOX_REGRESSION_LOSSES:
             return super().box_reg_loss(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
         box_dim = proposal_boxes.shape[1]
         fg = ((gt_classes >= 0) & (gt_classes < self.num_classes)).nonzero().squeeze(1)

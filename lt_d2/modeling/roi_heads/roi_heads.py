@@ -114,6 +114,9 @@ class LTStandardROIHeads(_BalancedSamplingMixin, StandardROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
+        # detectron2's seam for a custom predictor: its _init_box_head builds the pooler, the
+        # box head and a FastRCNNOutputLayers in one method; replacing the predictor keeps the
+        # rest without copying it (the replaced layers cost one allocation at build time).
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictor"] = LTBoxPredictor(cfg, ret["box_head"].output_shape)
         return ret
@@ -181,6 +184,8 @@ class LTCascadeROIHeads(_BalancedSamplingMixin, CascadeROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
+        # as LTStandardROIHeads; each stage's predictor keeps the stage's box2box_transform
+        # (its MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS) that detectron2 built
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictors"] = [
             LTBoxPredictor(cfg, head.output_shape, box2box_transform=predictor.box2box_transform)

@@ -2,7 +2,7 @@
 demo's categories whose loader raises, as a training set that is not on disk does
 (tests/engine/test_eval_only.py).
 
-python tests/engine/unreadable_train_set_train_net.py <train_net.py's arguments>
+python tests/helpers/unreadable_train_set_train_net.py <train_net.py's arguments>
 """
 
 import os
@@ -10,7 +10,8 @@ import sys
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# the repository root instead of this script's folder, whose lvis.py would hide lvis-api
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402
 
 UNREADABLE = "lt_test_unreadable_train"

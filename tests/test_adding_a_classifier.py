@@ -1,4 +1,4 @@
-"""README.md's "Adding a classifier" recipe, run as written: its code blocks are extracted,
+"""docs/adding_a_classifier.md's recipe, run as written: its code blocks are extracted,
 the classifier file is imported under the module name its path gives (registering the class),
 its test is run, its YAML file is merged over the repository's demo config and the classifier
 built from it, and its train_net.py lines are checked against train_net.py, so the recipe
@@ -26,17 +26,13 @@ YAML_FILE = "my_lt/configs/class_balanced_mask_rcnn_R_18_FPN_demo.yaml"
 TEST_FILE = "my_lt/tests/test_class_balanced_ce.py"
 
 
-def readme_section(title: str) -> str:
-    text = open(os.path.join(REPO, "README.md")).read()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end >= 0 else None]
+PAGE = "docs/adding_a_classifier.md"
 
 
 def code_blocks():
     """{the path a block names on its first line: its code}."""
     blocks = {}
-    for _language, code in FENCE.findall(readme_section("Adding a classifier")):
+    for _language, code in FENCE.findall(open(os.path.join(REPO, PAGE)).read()):
         first = code.splitlines()[0]
         assert first.startswith("# "), f"a recipe block names its file first: {first!r}"
         blocks[first[2:].split(":")[0]] = code
@@ -55,7 +51,7 @@ def recipe_module():
     module = types.ModuleType("my_lt.class_balanced_ce")
     sys.modules.update({"my_lt": package, "my_lt.class_balanced_ce": module})
     try:
-        exec(compile(BLOCKS[MODULE_FILE], f"README.md ({MODULE_FILE})", "exec"), module.__dict__)
+        exec(compile(BLOCKS[MODULE_FILE], f"{PAGE} ({MODULE_FILE})", "exec"), module.__dict__)
         yield module
     finally:
         sys.modules.pop("my_lt.class_balanced_ce", None)
@@ -81,7 +77,7 @@ def test_recipe_train_net_lines_fit_train_net():
 
 def test_recipe_test_passes(recipe_module):
     namespace = {}
-    exec(compile(BLOCKS[TEST_FILE], f"README.md ({TEST_FILE})", "exec"), namespace)
+    exec(compile(BLOCKS[TEST_FILE], f"{PAGE} ({TEST_FILE})", "exec"), namespace)
     tests = [f for name, f in namespace.items() if name.startswith("test_")]
     assert tests
     for test in tests:

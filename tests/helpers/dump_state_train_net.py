@@ -2,7 +2,7 @@
 category statistics it trained with after training (tests/engine/test_multiprocess_training.py
 and test_cluster_training.py read them).
 
-python tests/engine/dump_state_train_net.py <train_net.py's arguments>
+python tests/helpers/dump_state_train_net.py <train_net.py's arguments>
 """
 
 import json
@@ -12,16 +12,18 @@ import sys
 import torch
 from detectron2.utils import comm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# the repository root instead of this script's folder, whose lvis.py would hide lvis-api
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_net  # noqa: E402
 from lt_d2.data import category_stats_from_cfg  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
+from lt_d2.modeling.classifier_head import unwrap_ddp  # noqa: E402
 
 
 class StateDumpingTrainer(LTTrainer):
     def train(self):
         results = super().train()
-        model = getattr(self.model, "module", self.model)  # inside DistributedDataParallel
+        model = unwrap_ddp(self.model)
         state = {
             key: value
             for key, value in model.roi_heads.box_predictor.state_dict().items()
