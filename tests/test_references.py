@@ -32,7 +32,9 @@ SOURCES = sorted(
 # a repository path: "configs/" not preceded by another path (another repository's configs/
 # is written with its owner/name in front: ModelTC/United-Perception/configs/...)
 CONFIG_PATH = re.compile(r"(?<![\w/.:-])configs/[\w/*.-]*")
-CITED_FILE = re.compile(r"[\w./*-]*[\w*-]\.(?:md|py|yaml)\b")
+# ``{a,b}`` in a cited name lists several files (``eqlv2/{softmax,eqlv2}_mask_rcnn_...yaml``)
+CITED_FILE = re.compile(r"[\w./*{},-]*[\w*}-]\.(?:md|py|yaml)\b")
+BRACES = re.compile(r"\{([^{}]*)\}")
 # a file outside the repository is cited with where it lives, on the same line
 EXTERNAL = re.compile(
     r"official|authors'|mmdetection|CenterNet2|United-Perception|detectron2|large-vocab-devil"
@@ -50,14 +52,27 @@ def _repo_files():
     return names
 
 
+def _expanded(path: str):
+    """Every name ``path`` lists: ``a_{b,c}.yaml`` -> ``a_b.yaml``, ``a_c.yaml``."""
+    group = BRACES.search(path)
+    if group is None:
+        return [path]
+    return [
+        name
+        for choice in group.group(1).split(",")
+        for name in _expanded(path[: group.start()] + choice + path[group.end() :])
+    ]
+
+
 def _exists(path: str, citing_dir: str) -> bool:
-    """``path`` (``*`` and ``...`` as wildcards) from the repository root, lt_d2/ or the
-    citing file's folder."""
-    path = path.replace("...", "*")
-    for base in (REPO, os.path.join(REPO, "lt_d2"), os.path.join(REPO, citing_dir)):
-        if glob.glob(os.path.join(base, path)):
-            return True
-    return False
+    """Every file ``path`` names (``*`` and ``...`` as wildcards, ``{a,b}`` as a list) from the
+    repository root, lt_d2/, configs/ or the citing file's folder."""
+    bases = (REPO, os.path.join(REPO, "lt_d2"), os.path.join(REPO, "configs"))
+    bases += (os.path.join(REPO, citing_dir),)
+    return all(
+        any(glob.glob(os.path.join(base, name.replace("...", "*"))) for base in bases)
+        for name in _expanded(path)
+    )
 
 
 # The recipe page names the files a reader creates in a project of their own (my_lt/); its code
