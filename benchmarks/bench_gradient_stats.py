@@ -11,7 +11,7 @@
    demo's ROI logits and for LVIS-sized ones (1024 ROIs x 1204 logits; 20k anchors x 1203),
    printed as a fraction of the demo step measured in part 1.
 
-The issue's target is at most 2% of a demo iteration.
+Target: the hook's work at most 2% of a demo iteration.
 """
 
 import argparse
