@@ -1,5 +1,5 @@
 """Forward + backward time, extra peak memory and first-call compile time of every registered
-two-stage classifier; and the cost of GradientStats on a dense classifier (``--dense``).
+two-stage classifier (the dense ones: bench_dense_losses.py).
 
 Setting: R = 8192 ROIs x C = 1203 classes (LVIS v1), 25% foreground ROIs
 (detectron2's ROI_HEADS.POSITIVE_FRACTION) whose classes follow a synthetic long-tailed
@@ -32,7 +32,7 @@ and backward graphs) minus its median step, with an empty compiler cache (a new 
 ``TORCHINDUCTOR_CACHE_DIR``, or ``--cache-dir``).
 
     .venv/bin/python benchmarks/bench_classifiers.py [--device cuda] [--rounds 7] [--threads 1]
-        [--eager] [--cache-dir DIR] [--names DropLoss ...] [--dense [--anchors 50000]]
+        [--eager] [--cache-dir DIR] [--names DropLoss ...]
 """
 
 import argparse
@@ -49,13 +49,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
-from torch import nn
 
 from lt_d2.classifiers import CLASSIFIER_REGISTRY, build_classifier
-from lt_d2.classifiers.dense.focal import FocalLoss
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats
-from lt_d2.modeling.classifier_head import ClassifierHead
 
 TIME_TARGET, MEMORY_TARGET = 0.6, 1.2
 
@@ -139,39 +136,6 @@ def _bce_step(gt: torch.Tensor, num_logits: int, device) -> Callable[[], None]:
         logits.grad = None
 
     return step
-
-
-class _DenseHead(ClassifierHead, nn.Module):
-    """The smallest ClassifierHead: a dense classifier and, optionally, its GradientStats."""
-
-    def __init__(self, classifier, gradient_stats: bool):
-        nn.Module.__init__(self)
-        self.attach_classifier(classifier, gradient_stats)
-
-
-def _dense_step(gradient_stats: bool, num_anchors: int, num_classes: int, device):
-    """FocalLoss's step through ``ClassifierHead.classification_losses``, with or without
-    GradientStats; labels: 1% foreground (long-tailed classes), 1% ignored, the rest
-    background, as in a RetinaNet batch."""
-    head = _DenseHead(FocalLoss(num_classes=num_classes), gradient_stats).to(device).train()
-    g = torch.Generator().manual_seed(2)
-    logits = (torch.randn(num_anchors, num_classes, generator=g) * 2 - 4).to(device)
-    logits.requires_grad_(True)
-    stats = long_tailed_stats(num_classes)
-    gt = torch.full((num_anchors,), num_classes, dtype=torch.long)
-    num_fg = max(num_anchors // 100, 1)
-    counts = torch.as_tensor(stats.instance_count_array, dtype=torch.float64)
-    gt[:num_fg] = torch.multinomial(counts, num_fg, replacement=True, generator=g)
-    gt[num_fg : 2 * num_fg] = -1
-    gt = gt[torch.randperm(num_anchors, generator=g)].to(device)
-
-    def step():
-        logits.grad = None
-        loss = sum(head.classification_losses(logits, gt, float(num_fg)).values())
-        loss.backward()
-        logits.grad = None
-
-    return num_classes, step
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:
@@ -276,27 +240,6 @@ def two_stage(args, device: torch.device, sync: Callable[[], None]) -> None:
         print(f"{name:<22} FAILED  {error}")
 
 
-def dense(args, device: torch.device, sync: Callable[[], None]) -> None:
-    steps: Dict[str, Callable[[], None]] = {}
-    for name, with_stats in (("FocalLoss", False), ("FocalLoss+GradientStats", True)):
-        _, steps[name] = _dense_step(with_stats, args.anchors, args.classes, device)
-    times = run_interleaved(steps, args.rounds, args.warmup, sync)
-    peak = (lambda step: peak_bytes_cuda(step, device)) if device.type == "cuda" else peak_bytes_cpu
-    peaks = {name: peak(step) for name, step in steps.items()}
-    print(
-        f"N = {args.anchors} anchors x C = {args.classes} classes on {device} "
-        f"({torch.get_num_threads()} threads), {args.rounds} interleaved rounds (median); "
-        f"target: time <= 1.1x FocalLoss"
-    )
-    for name, t in times.items():
-        ratio = _median_ratio(t, times["FocalLoss"])
-        memory = peaks[name] / peaks["FocalLoss"]
-        print(
-            f"{name:<26}{statistics.median(t) * 1e3:>9.1f} ms{ratio:>7.2f}x time"
-            f"{peaks[name] / 2**20:>9.1f} MB{memory:>7.2f}x memory"
-        )
-
-
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rois", type=int, default=8192)
@@ -310,12 +253,6 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument(
         "--cache-dir", help="compiler cache (default: a new, empty temporary directory)"
     )
-    parser.add_argument(
-        "--dense",
-        action="store_true",
-        help="measure FocalLoss with and without GradientStats instead of the two-stage set",
-    )
-    parser.add_argument("--anchors", type=int, default=50000, help="N of --dense")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -326,7 +263,7 @@ def main(argv: List[str] = None) -> None:
     # in that state before the first is measured.
     torch.pow(torch.rand(1 << 16), torch.rand(1 << 16))
     sync = _synchronizer(device)
-    (dense if args.dense else two_stage)(args, device, sync)
+    two_stage(args, device, sync)
 
 
 if __name__ == "__main__":
