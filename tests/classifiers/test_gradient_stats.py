@@ -408,7 +408,7 @@ def _worker(rank: int, out: str) -> None:
 
 @pytest.mark.integration
 def test_two_gloo_workers_sum_their_shares(tmp_path):
-    run_on_gloo_workers(_worker, 2, str(tmp_path))
+    run_on_gloo_workers(_worker, 2, str(tmp_path), backward=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     want_pos = torch.zeros(C, dtype=torch.float64)
     want_neg = torch.zeros(C, dtype=torch.float64)

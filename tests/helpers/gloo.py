@@ -28,19 +28,22 @@ def _worker(rank: int, fn: Callable, world_size: int, port: int, args: tuple) ->
         dist.destroy_process_group()
 
 
-def run_on_gloo_workers(fn: Callable, world_size: int, *args) -> None:
+def run_on_gloo_workers(fn: Callable, world_size: int, *args, backward: bool = False) -> None:
     """Call ``fn(rank, *args)`` in ``world_size`` processes with torch.distributed initialised.
 
     The processes are forked, so they inherit the imported modules (a spawned worker would
-    re-import torch and detectron2, tens of seconds on a loaded machine); ``fn`` must be a
-    module-level function and report its results through files.
+    re-import torch and detectron2, tens of seconds on a loaded machine), unless ``backward``:
+    a forked child cannot run autograd's backward once the parent's autograd engine has
+    started its threads (which an earlier test in the same pytest worker may have done), so
+    workers that call ``backward()`` are spawned. ``fn`` must be a module-level function and
+    report its results through files.
     """
     mp.start_processes(
         _worker,
         args=(fn, world_size, free_port(), args),
         nprocs=world_size,
         join=True,
-        start_method="fork",
+        start_method="spawn" if backward else "fork",
     )
 
 
