@@ -65,6 +65,7 @@ from lt_d2.classifiers import CLASSIFIER_REGISTRY, build_classifier
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats, register_lvis_format
 from lt_d2.data.samplers import ClassBalancedTrainingSampler
+from lt_d2.engine.hooks import classifier_weight_norms
 from lt_d2.evaluation.balance import (
     BalanceDump,
     group_means,
@@ -138,10 +139,12 @@ class Variant:
     decouple: str = ""
 
 
-def variants(names: Sequence[str], rfs: Sequence[str]) -> List[Variant]:
+def variants(names: Sequence[str], rfs: Sequence[str], decoupled: bool = True) -> List[Variant]:
+    """The rows for classifiers ``names``, their RFS variants ``rfs`` and, when ``decoupled``
+    and DECOUPLE_BASE is among ``names``, the second stages on its layer."""
     rows = [Variant(n, n) for n in names]
     rows += [Variant(f"{n} + RFS", n, "rfs") for n in rfs]
-    if DECOUPLE_BASE in names:
+    if decoupled and DECOUPLE_BASE in names:
         rows += [
             Variant(f"cRT ({DECOUPLE_BASE}, CBS)", DECOUPLE_BASE, "cbs", "cRT"),
             Variant(f"LWS ({DECOUPLE_BASE}, CBS)", DECOUPLE_BASE, "cbs", "LWS"),
@@ -174,6 +177,13 @@ class LVISProfile:
     def image_categories(self, i: int) -> np.ndarray:
         return self._flat[self._starts[i] : self._starts[i + 1]]
 
+    def batch_categories(self, images: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+        """(B,) number of categories of each image and their concatenation, image-major."""
+        images = np.asarray(images, dtype=np.int64)
+        starts = self._starts[images]
+        num_cats = self._starts[images + 1] - starts
+        return num_cats, self._flat[np.repeat(starts, num_cats) + _ranks(num_cats)]
+
     @functools.cached_property
     def dataset_dicts(self) -> List[dict]:
         """Minimal detectron2 dataset dicts (one annotation per category of an image): what
@@ -196,7 +206,8 @@ class GenerativeModel:
         cluster_of = rng.integers(cfg.clusters, size=num_classes)
         protos = np.sqrt(cfg.rho) * unit(cfg.clusters)[cluster_of]
         protos += np.sqrt(1 - cfg.rho) * unit(num_classes)
-        self.prototypes = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+        protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+        self.prototypes = protos.astype(np.float32)
         self.cfg = cfg
 
     def features(
@@ -204,10 +215,10 @@ class GenerativeModel:
     ) -> np.ndarray:
         """(N,) categories and (N,) prototype strengths (1 for an object, beta for a
         background ROI) -> (N, D) float32 features."""
-        noise = rng.standard_normal((len(categories), self.cfg.dim)) * (
-            self.cfg.sigma / np.sqrt(self.cfg.dim)
-        )
-        return (strength[:, None] * self.prototypes[categories] + noise).astype(np.float32)
+        noise = rng.standard_normal((len(categories), self.cfg.dim), dtype=np.float32)
+        noise *= np.float32(self.cfg.sigma / np.sqrt(self.cfg.dim))
+        noise += strength[:, None].astype(np.float32) * self.prototypes[categories]
+        return noise
 
 
 def _instances(profile: LVISProfile, cats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -223,27 +234,52 @@ def training_batch(
     cfg: SimConfig,
     rng: np.random.Generator,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(R, D) ROI features and (R,) labels in [0, C] (C = background) of ``images``."""
+    """(R, D) ROI features and (R,) labels in [0, C] (C = background) of ``images``, image by
+    image (``rois_per_image`` rows each, foreground first).
+
+    Per image: its objects (1 + Poisson(mean - 1) per annotated category), each repeated
+    ``rois_per_instance`` times; a uniformly random subset of at most ``fg_fraction`` of the
+    ROIs is foreground; the rest are background ROIs of a uniformly chosen annotated category
+    with strength U(0, beta_max) (pure noise in an image without objects). Drawn for the
+    whole batch at once (no per-image Python loop).
+    """
     num_classes = profile.stats.num_classes
-    max_fg = int(cfg.rois_per_image * cfg.fg_fraction)
-    cats_all, strength_all, labels_all = [], [], []
-    for i in images:
-        cats = profile.image_categories(i)
-        objects = np.repeat(_instances(profile, cats, rng), cfg.rois_per_instance)
-        fg = rng.permutation(objects)[:max_fg]
-        num_bg = cfg.rois_per_image - len(fg)
-        if len(cats):
-            bg_cats = rng.choice(cats, size=num_bg)
-            bg_strength = rng.uniform(0, cfg.beta_max, size=num_bg)
-        else:  # an image without objects: pure-noise background
-            bg_cats = np.zeros(num_bg, dtype=np.int64)
-            bg_strength = np.zeros(num_bg)
-        cats_all += [fg, bg_cats]
-        strength_all += [np.ones(len(fg)), bg_strength]
-        labels_all += [fg, np.full(num_bg, num_classes)]
-    feats = model.features(np.concatenate(cats_all), np.concatenate(strength_all), rng)
-    labels = np.concatenate(labels_all).astype(np.int64)
-    return torch.from_numpy(feats), torch.from_numpy(labels)
+    per_image, max_fg = cfg.rois_per_image, int(cfg.rois_per_image * cfg.fg_fraction)
+    num_cats, pair_cat = profile.batch_categories(images)
+    pair_image = np.repeat(np.arange(len(images)), num_cats)
+    extra = rng.poisson(np.maximum(profile.instances_per_image[pair_cat] - 1, 0))
+    copies = (1 + extra) * cfg.rois_per_instance
+    fg_image, fg_cat = np.repeat(pair_image, copies), np.repeat(pair_cat, copies)
+    # a random subset of at most max_fg object ROIs per image: rank by a random key
+    order = np.lexsort((rng.random(len(fg_cat)), fg_image))
+    fg_image, fg_cat = fg_image[order], fg_cat[order]
+    fg_total = np.bincount(fg_image, minlength=len(images))
+    keep = _ranks(fg_total) < max_fg
+    fg_image, fg_cat = fg_image[keep], fg_cat[keep]
+    num_fg = np.minimum(fg_total, max_fg)
+    # background ROIs: a uniformly chosen annotated category of the image
+    num_bg = per_image - num_fg
+    bg_image = np.repeat(np.arange(len(images)), num_bg)
+    has_cats = num_cats[bg_image] > 0
+    pick = (rng.random(len(bg_image)) * num_cats[bg_image]).astype(np.int64)
+    first = (np.cumsum(num_cats) - num_cats)[bg_image]
+    bg_cat = np.where(has_cats, pair_cat[np.minimum(first + pick, len(pair_cat) - 1)], 0)
+    bg_strength = np.where(has_cats, rng.uniform(0, cfg.beta_max, len(bg_image)), 0.0)
+    # image-major rows: each image's foreground, then its background
+    row_image = np.concatenate([fg_image, bg_image])
+    row_is_bg = np.concatenate([np.zeros(len(fg_image), bool), np.ones(len(bg_image), bool)])
+    rows = np.lexsort((row_is_bg, row_image))
+    cats = np.concatenate([fg_cat, bg_cat])[rows]
+    strength = np.concatenate([np.ones(len(fg_cat)), bg_strength])[rows]
+    labels = np.where(row_is_bg[rows], num_classes, cats)
+    feats = model.features(cats, strength, rng)
+    return torch.from_numpy(feats), torch.from_numpy(labels.astype(np.int64))
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, ..., n_k - 1 for each group size n_k, concatenated."""
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.arange(int(sizes.sum())) - offsets
 
 
 @dataclass
@@ -413,17 +449,16 @@ def _lr_factor(step: int, cfg: SimConfig) -> float:
 
 
 def weight_norms(predictor: LTBoxPredictor) -> np.ndarray:
-    """(C,) norm of each category's effective classifier row: tau-normalised at inference
-    when tau_norm > 0, times its LWS scale when present."""
-    columns = torch.as_tensor(predictor.gradient_stats.logit_columns())
-    with torch.no_grad():
-        w = predictor.cls_score.weight
-        norms = w.norm(dim=1)
-        if predictor.tau_norm > 0:
-            norms = norms / norms.clamp(min=1e-12) ** predictor.tau_norm
-        if predictor.logit_scale is not None:
-            norms = norms * predictor.logit_scale.abs()
-    return norms[columns].numpy()
+    """(C,) norm of each category's effective classifier row: lt_d2's
+    ``classifier_weight_norms``, tau-normalised as at inference when tau_norm > 0 (|w| /
+    |w|^tau), times the row's LWS scale when present."""
+    norms = classifier_weight_norms(predictor)
+    if predictor.tau_norm > 0:
+        norms = norms / np.maximum(norms, 1e-12) ** predictor.tau_norm
+    if predictor.logit_scale is not None:
+        columns = predictor.classifier.logit_columns()
+        norms = norms * predictor.logit_scale.detach().abs()[columns].numpy()
+    return norms
 
 
 def _dump(predictor: LTBoxPredictor, step: int, stats: CategoryStats, run_dir: str) -> Dict:
@@ -677,6 +712,7 @@ def run(
     cfg: SimConfig,
     names: Optional[Sequence[str]] = None,
     rfs: Sequence[str] = ("SoftmaxCE", "SigmoidBCE"),
+    decoupled: bool = True,
 ) -> Dict:
     """The whole benchmark; returns {"rows": [...], "failures": {...}, "figures": [...]}."""
     t0, t0_cpu = time.perf_counter(), time.process_time()
@@ -692,7 +728,7 @@ def run(
     logger.info("setup (data, validation json) %.1f s", time.perf_counter() - t0)
     results, failures = [], {}
     base_state = None
-    for variant in variants(names, [n for n in rfs if n in names]):
+    for variant in variants(names, [n for n in rfs if n in names], decoupled):
         try:
             result, predictor = run_variant(variant, ctx, base_state)
         except Exception as e:  # report the failure and go on with the other methods
