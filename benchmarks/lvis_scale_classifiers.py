@@ -115,6 +115,7 @@ class SimConfig:
     val_neg_images_per_category: int = 4
     val_categories: int = 0  # 0: every category appears in the validation set
     val_bg_rois: int = 24  # background ROIs per validation image
+    val_jitter: float = 0.03  # a validation ROI's sides move by up to this fraction of its size
     snapshots: int = 4  # balance dumps per run
     seed: int = 0
 
@@ -301,10 +302,11 @@ def _random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack([x0, y0, x0 + size[:, 0], y0 + size[:, 1]], axis=1)
 
 
-def _jitter(rng: np.random.Generator, boxes: np.ndarray) -> np.ndarray:
-    """Shift each side by up to 3% of the box's size (IoU with the box > 0.7)."""
+def _jitter(rng: np.random.Generator, boxes: np.ndarray, fraction: float) -> np.ndarray:
+    """Shift each side by U(-fraction, fraction) of the box's size (the proposal's
+    localisation error; the draws do not depend on ``fraction``)."""
     wh = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
-    return boxes + rng.uniform(-0.03, 0.03, size=boxes.shape) * wh
+    return boxes + rng.uniform(-1.0, 1.0, size=boxes.shape) * fraction * wh
 
 
 def _background_boxes(rng: np.random.Generator, gt: np.ndarray, n: int) -> np.ndarray:
@@ -359,7 +361,7 @@ def build_validation(
                 }
             )
         bg = _background_boxes(rng, gt, cfg.val_bg_rois)
-        boxes = np.concatenate([_jitter(rng, gt), bg])
+        boxes = np.concatenate([_jitter(rng, gt, cfg.val_jitter), bg])
         cats_roi = np.concatenate([objects, rng.choice(cats, size=len(bg))])
         strength = np.concatenate([np.ones(len(gt)), rng.uniform(0, cfg.beta_max, len(bg))])
         features.append(torch.from_numpy(model.features(cats_roi, strength, rng)))
@@ -593,12 +595,13 @@ def run_variant(
             predictor, params, ctx["profile"], ctx["model"], variant.sampler, cfg, run_dir
         )
     train_s = time.perf_counter() - start
+    torch.save(predictor.state_dict(), os.path.join(run_dir, "model_final.pth"))
     metrics = evaluate(predictor, ctx["val"], ctx["dataset"], stats)
     freq = stats.frequency_labels
     row = {
         "run": variant.name,
         **asdict(variant),
-        **{k: metrics.get(k, float("nan")) for k in ("AP", "APr", "APc", "APf")},
+        **{k: metrics.get(k, float("nan")) for k in ("AP", "AP50", "APr", "APc", "APf")},
         **{f"AP{b}": metrics.get(f"AP{b}", float("nan")) for b in range(1, 5)},
         **{f"ratio_{g}": v for g, v in group_means(arrays["ratio"], freq).items()},
         **{f"wnorm_{g}": v for g, v in group_means(arrays["weight_norm"], freq).items()},
