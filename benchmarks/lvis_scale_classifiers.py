@@ -12,9 +12,10 @@ r/c/f labels (``datasets/lvis_v1_train_category_counts.json``) as a ``CategorySt
 Generative model (fixed; the same for every method). Category c has a unit prototype
 mu_c = sqrt(rho) g_k + sqrt(1 - rho) u_c, g_k the direction of its cluster k (categories
 fall into ``clusters`` random clusters, so siblings are confusable) and u_c its own random
-direction. An instance's ROI feature is mu_c + sigma z / sqrt(D), z ~ N(0, I_D). A
-background ROI is beta mu_k + sigma z / sqrt(D) with beta ~ U(0, beta_max) and k one of the
-image's categories (a proposal that partly covers an object). The training set has LVIS's
+direction. An instance's ROI feature is m (mu_c + sigma z / sqrt(D)), z ~ N(0, I_D), m the
+``feature_scale``. A background ROI is m (beta mu_k + sigma z / sqrt(D)) with
+beta ~ U(0, beta_max) and k one of the image's categories (a proposal that partly covers an
+object). The training set has LVIS's
 100,170 images; category c is placed in ``image_count[c]`` images drawn at random, with
 1 + Poisson(instance_count[c] / image_count[c] - 1) instances per image. Each instance yields
 ``rois_per_instance`` foreground ROIs; an image contributes ``rois_per_image`` ROIs of which
@@ -29,10 +30,11 @@ the logits; SGD with momentum, warm-up and step decay, the same for every run.
 
 Evaluation: a generated LVIS v1-format validation json (1203 categories, every category in
 ``val_images_per_category`` images, each category verified absent in
-``val_neg_images_per_category`` others through ``neg_category_ids``), one ROI per ground truth
-(its box jittered, IoU > 0.7) plus background ROIs that overlap no object; the predictor's own
-detectron2 inference (``FastRCNNOutputLayers.inference``: score threshold 1e-4, per-class NMS,
-300 detections per image) feeds ``LTLVISEvaluator`` (lvis-api): AP, APr, APc, APf, AP1..AP4.
+``val_neg_images_per_category`` others through ``neg_category_ids``), one ROI per ground
+truth (its box's sides moved by up to ``val_jitter`` of its size) plus background ROIs that
+overlap no object; the predictor's own detectron2 inference
+(``FastRCNNOutputLayers.inference``: score threshold 1e-4, per-class NMS, 300 detections per
+image) feeds ``LTLVISEvaluator`` (lvis-api): AP, APr, APc, APf, AP1..AP4.
 
     python -m benchmarks.lvis_scale_classifiers --out output/lvis_scale [--quick]
 
@@ -100,6 +102,7 @@ class SimConfig:
     clusters: int = 64  # clusters of confusable categories
     rho: float = 0.5  # squared cosine share of a prototype along its cluster direction
     sigma: float = 3.0  # noise norm relative to the unit prototype
+    feature_scale: float = 1.0  # every ROI feature times this (the features' norm)
     beta_max: float = 0.6  # background ROIs carry up to this fraction of an object's prototype
     rois_per_image: int = 16  # sampled ROIs per training image
     fg_fraction: float = 0.25  # detectron2's ROI_HEADS.POSITIVE_FRACTION
@@ -219,6 +222,7 @@ class GenerativeModel:
         noise = rng.standard_normal((len(categories), self.cfg.dim), dtype=np.float32)
         noise *= np.float32(self.cfg.sigma / np.sqrt(self.cfg.dim))
         noise += strength[:, None].astype(np.float32) * self.prototypes[categories]
+        noise *= np.float32(self.cfg.feature_scale)
         return noise
 
 
