@@ -129,16 +129,20 @@ def paper_change(comparison: Comparison) -> Optional[Dict[str, float]]:
     return {m: row[m] - ref[m] for m in METRICS}
 
 
-def load_seeds(dirs: Sequence[str]) -> List[Dict[str, Dict]]:
-    """Per seed directory, {run name: its row} from results.json."""
-    seeds = []
-    for d in dirs:
-        path = os.path.join(d, "results.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: not a finished run of lvis_scale_classifiers")
-        with open(path) as f:
-            seeds.append({row["run"]: row for row in json.load(f)["rows"]})
-    return seeds
+def load_seeds(seeds: Sequence[str]) -> List[Dict[str, Dict]]:
+    """Per seed, {run name: its row} from results.json; a seed is one output directory or
+    several joined by commas (runs of the same seed split over processes)."""
+    out = []
+    for seed in seeds:
+        rows: Dict[str, Dict] = {}
+        for d in seed.split(","):
+            path = os.path.join(d, "results.json")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: not a finished run of lvis_scale_classifiers")
+            with open(path) as f:
+                rows.update({row["run"]: row for row in json.load(f)["rows"]})
+        out.append(rows)
+    return out
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -213,7 +217,9 @@ def figure(records: List[Dict], path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dirs", nargs="+", help="output directories, one per seed")
+    parser.add_argument(
+        "dirs", nargs="+", help="output directories, one per seed (a,b: one seed's parts)"
+    )
     parser.add_argument("--out", help="write the figure here (png)")
     args = parser.parse_args(argv)
     records = predictions(load_seeds(args.dirs))

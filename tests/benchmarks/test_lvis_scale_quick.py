@@ -208,11 +208,14 @@ def test_predicted_changes_are_paired_by_seed_and_set_against_the_papers(tmp_pat
     }
     dirs = []
     for seed, runs in values.items():
-        d = tmp_path / f"seed{seed}"
-        d.mkdir()
-        rows = [{"run": k, "APr": v[0], "APc": v[1], "APf": v[2]} for k, v in runs.items()]
-        (d / "results.json").write_text(json.dumps({"rows": rows}))
-        dirs.append(str(d))
+        parts = []  # each run in its own directory: one seed split over processes
+        for k, v in runs.items():
+            d = tmp_path / f"seed{seed}_{k}"
+            d.mkdir()
+            row = {"run": k, "APr": v[0], "APc": v[1], "APf": v[2]}
+            (d / "results.json").write_text(json.dumps({"rows": [row]}))
+            parts.append(str(d))
+        dirs.append(",".join(parts))
     (record,) = report.predictions(report.load_seeds(dirs))
     assert record["run"] == "EQLv2" and record["reference"] == "SigmoidBCE"
     assert record["seeds"] == 2
