@@ -12,9 +12,10 @@ r/c/f labels (``datasets/lvis_v1_train_category_counts.json``) as a ``CategorySt
 Generative model (fixed; the same for every method). Category c has a unit prototype
 mu_c = sqrt(rho) g_k + sqrt(1 - rho) u_c, g_k the direction of its cluster k (categories
 fall into ``clusters`` random clusters, so siblings are confusable) and u_c its own random
-direction. An instance's ROI feature is mu_c + sigma z / sqrt(D), z ~ N(0, I_D). A
-background ROI is beta mu_k + sigma z / sqrt(D) with beta ~ U(0, beta_max) and k one of the
-image's categories (a proposal that partly covers an object). The training set has LVIS's
+direction. An instance's ROI feature is m (mu_c + sigma z / sqrt(D)), z ~ N(0, I_D), m the
+``feature_scale``. A background ROI is m (beta mu_k + sigma z / sqrt(D)) with
+beta ~ U(0, beta_max) and k one of the image's categories (a proposal that partly covers an
+object). The training set has LVIS's
 100,170 images; category c is placed in ``image_count[c]`` images drawn at random, with
 1 + Poisson(instance_count[c] / image_count[c] - 1) instances per image. Each instance yields
 ``rois_per_instance`` foreground ROIs; an image contributes ``rois_per_image`` ROIs of which
@@ -29,10 +30,11 @@ the logits; SGD with momentum, warm-up and step decay, the same for every run.
 
 Evaluation: a generated LVIS v1-format validation json (1203 categories, every category in
 ``val_images_per_category`` images, each category verified absent in
-``val_neg_images_per_category`` others through ``neg_category_ids``), one ROI per ground truth
-(its box jittered, IoU > 0.7) plus background ROIs that overlap no object; the predictor's own
-detectron2 inference (``FastRCNNOutputLayers.inference``: score threshold 1e-4, per-class NMS,
-300 detections per image) feeds ``LTLVISEvaluator`` (lvis-api): AP, APr, APc, APf, AP1..AP4.
+``val_neg_images_per_category`` others through ``neg_category_ids``), one ROI per ground
+truth (its box's sides moved by up to ``val_jitter`` of its size) plus background ROIs that
+overlap no object; the predictor's own detectron2 inference
+(``FastRCNNOutputLayers.inference``: score threshold 1e-4, per-class NMS, 300 detections per
+image) feeds ``LTLVISEvaluator`` (lvis-api): AP, APr, APc, APf, AP1..AP4.
 
     python -m benchmarks.lvis_scale_classifiers --out output/lvis_scale [--quick]
 
@@ -65,6 +67,7 @@ from lt_d2.classifiers import CLASSIFIER_REGISTRY, build_classifier
 from lt_d2.config import add_lt_config
 from lt_d2.data import CategoryStats, register_lvis_format
 from lt_d2.data.samplers import ClassBalancedTrainingSampler
+from lt_d2.engine.hooks import classifier_weight_norms
 from lt_d2.evaluation.balance import (
     BalanceDump,
     group_means,
@@ -93,27 +96,31 @@ TAU = 1.0
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Every knob of the simulation (one setting for all methods)."""
+    """Every knob of the simulation (one setting for all methods). The defaults are the
+    calibrated point (docs/simulation.md): chosen on SoftmaxCE and SigmoidBCE alone against
+    [EQLv2] Table 1 (a) and (b), then frozen."""
 
-    dim: int = 256  # D, ROI feature dimension
+    dim: int = 64  # D, ROI feature dimension
     clusters: int = 64  # clusters of confusable categories
     rho: float = 0.5  # squared cosine share of a prototype along its cluster direction
     sigma: float = 3.0  # noise norm relative to the unit prototype
+    feature_scale: float = 10.0  # every ROI feature times this (the features' norm)
     beta_max: float = 0.6  # background ROIs carry up to this fraction of an object's prototype
     rois_per_image: int = 16  # sampled ROIs per training image
     fg_fraction: float = 0.25  # detectron2's ROI_HEADS.POSITIVE_FRACTION
     rois_per_instance: int = 2  # foreground proposals per object before sampling
     images_per_batch: int = 32
-    steps: int = 1200
+    steps: int = 37564  # 12 epochs of LVIS v1 train (100,170 images): the 1x schedule
     lr: float = 0.2
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 2.5e-5
     warmup: int = 100  # linear warm-up steps (factor 0.001 -> 1, as detectron2's)
     val_images_per_category: int = 1
     val_categories_per_image: int = 8
     val_neg_images_per_category: int = 4
     val_categories: int = 0  # 0: every category appears in the validation set
     val_bg_rois: int = 24  # background ROIs per validation image
+    val_jitter: float = 0.12  # a validation ROI's sides move by up to this fraction of its size
     snapshots: int = 4  # balance dumps per run
     seed: int = 0
 
@@ -138,10 +145,12 @@ class Variant:
     decouple: str = ""
 
 
-def variants(names: Sequence[str], rfs: Sequence[str]) -> List[Variant]:
+def variants(names: Sequence[str], rfs: Sequence[str], decoupled: bool = True) -> List[Variant]:
+    """The rows for classifiers ``names``, their RFS variants ``rfs`` and, when ``decoupled``
+    and DECOUPLE_BASE is among ``names``, the second stages on its layer."""
     rows = [Variant(n, n) for n in names]
     rows += [Variant(f"{n} + RFS", n, "rfs") for n in rfs]
-    if DECOUPLE_BASE in names:
+    if decoupled and DECOUPLE_BASE in names:
         rows += [
             Variant(f"cRT ({DECOUPLE_BASE}, CBS)", DECOUPLE_BASE, "cbs", "cRT"),
             Variant(f"LWS ({DECOUPLE_BASE}, CBS)", DECOUPLE_BASE, "cbs", "LWS"),
@@ -174,6 +183,13 @@ class LVISProfile:
     def image_categories(self, i: int) -> np.ndarray:
         return self._flat[self._starts[i] : self._starts[i + 1]]
 
+    def batch_categories(self, images: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+        """(B,) number of categories of each image and their concatenation, image-major."""
+        images = np.asarray(images, dtype=np.int64)
+        starts = self._starts[images]
+        num_cats = self._starts[images + 1] - starts
+        return num_cats, self._flat[np.repeat(starts, num_cats) + _ranks(num_cats)]
+
     @functools.cached_property
     def dataset_dicts(self) -> List[dict]:
         """Minimal detectron2 dataset dicts (one annotation per category of an image): what
@@ -196,7 +212,8 @@ class GenerativeModel:
         cluster_of = rng.integers(cfg.clusters, size=num_classes)
         protos = np.sqrt(cfg.rho) * unit(cfg.clusters)[cluster_of]
         protos += np.sqrt(1 - cfg.rho) * unit(num_classes)
-        self.prototypes = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+        protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+        self.prototypes = protos.astype(np.float32)
         self.cfg = cfg
 
     def features(
@@ -204,10 +221,11 @@ class GenerativeModel:
     ) -> np.ndarray:
         """(N,) categories and (N,) prototype strengths (1 for an object, beta for a
         background ROI) -> (N, D) float32 features."""
-        noise = rng.standard_normal((len(categories), self.cfg.dim)) * (
-            self.cfg.sigma / np.sqrt(self.cfg.dim)
-        )
-        return (strength[:, None] * self.prototypes[categories] + noise).astype(np.float32)
+        noise = rng.standard_normal((len(categories), self.cfg.dim), dtype=np.float32)
+        noise *= np.float32(self.cfg.sigma / np.sqrt(self.cfg.dim))
+        noise += strength[:, None].astype(np.float32) * self.prototypes[categories]
+        noise *= np.float32(self.cfg.feature_scale)
+        return noise
 
 
 def _instances(profile: LVISProfile, cats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -223,27 +241,52 @@ def training_batch(
     cfg: SimConfig,
     rng: np.random.Generator,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(R, D) ROI features and (R,) labels in [0, C] (C = background) of ``images``."""
+    """(R, D) ROI features and (R,) labels in [0, C] (C = background) of ``images``, image by
+    image (``rois_per_image`` rows each, foreground first).
+
+    Per image: its objects (1 + Poisson(mean - 1) per annotated category), each repeated
+    ``rois_per_instance`` times; a uniformly random subset of at most ``fg_fraction`` of the
+    ROIs is foreground; the rest are background ROIs of a uniformly chosen annotated category
+    with strength U(0, beta_max) (pure noise in an image without objects). Drawn for the
+    whole batch at once (no per-image Python loop).
+    """
     num_classes = profile.stats.num_classes
-    max_fg = int(cfg.rois_per_image * cfg.fg_fraction)
-    cats_all, strength_all, labels_all = [], [], []
-    for i in images:
-        cats = profile.image_categories(i)
-        objects = np.repeat(_instances(profile, cats, rng), cfg.rois_per_instance)
-        fg = rng.permutation(objects)[:max_fg]
-        num_bg = cfg.rois_per_image - len(fg)
-        if len(cats):
-            bg_cats = rng.choice(cats, size=num_bg)
-            bg_strength = rng.uniform(0, cfg.beta_max, size=num_bg)
-        else:  # an image without objects: pure-noise background
-            bg_cats = np.zeros(num_bg, dtype=np.int64)
-            bg_strength = np.zeros(num_bg)
-        cats_all += [fg, bg_cats]
-        strength_all += [np.ones(len(fg)), bg_strength]
-        labels_all += [fg, np.full(num_bg, num_classes)]
-    feats = model.features(np.concatenate(cats_all), np.concatenate(strength_all), rng)
-    labels = np.concatenate(labels_all).astype(np.int64)
-    return torch.from_numpy(feats), torch.from_numpy(labels)
+    per_image, max_fg = cfg.rois_per_image, int(cfg.rois_per_image * cfg.fg_fraction)
+    num_cats, pair_cat = profile.batch_categories(images)
+    pair_image = np.repeat(np.arange(len(images)), num_cats)
+    extra = rng.poisson(np.maximum(profile.instances_per_image[pair_cat] - 1, 0))
+    copies = (1 + extra) * cfg.rois_per_instance
+    fg_image, fg_cat = np.repeat(pair_image, copies), np.repeat(pair_cat, copies)
+    # a random subset of at most max_fg object ROIs per image: rank by a random key
+    order = np.lexsort((rng.random(len(fg_cat)), fg_image))
+    fg_image, fg_cat = fg_image[order], fg_cat[order]
+    fg_total = np.bincount(fg_image, minlength=len(images))
+    keep = _ranks(fg_total) < max_fg
+    fg_image, fg_cat = fg_image[keep], fg_cat[keep]
+    num_fg = np.minimum(fg_total, max_fg)
+    # background ROIs: a uniformly chosen annotated category of the image
+    num_bg = per_image - num_fg
+    bg_image = np.repeat(np.arange(len(images)), num_bg)
+    has_cats = num_cats[bg_image] > 0
+    pick = (rng.random(len(bg_image)) * num_cats[bg_image]).astype(np.int64)
+    first = (np.cumsum(num_cats) - num_cats)[bg_image]
+    bg_cat = np.where(has_cats, pair_cat[np.minimum(first + pick, len(pair_cat) - 1)], 0)
+    bg_strength = np.where(has_cats, rng.uniform(0, cfg.beta_max, len(bg_image)), 0.0)
+    # image-major rows: each image's foreground, then its background
+    row_image = np.concatenate([fg_image, bg_image])
+    row_is_bg = np.concatenate([np.zeros(len(fg_image), bool), np.ones(len(bg_image), bool)])
+    rows = np.lexsort((row_is_bg, row_image))
+    cats = np.concatenate([fg_cat, bg_cat])[rows]
+    strength = np.concatenate([np.ones(len(fg_cat)), bg_strength])[rows]
+    labels = np.where(row_is_bg[rows], num_classes, cats)
+    feats = model.features(cats, strength, rng)
+    return torch.from_numpy(feats), torch.from_numpy(labels.astype(np.int64))
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, ..., n_k - 1 for each group size n_k, concatenated."""
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.arange(int(sizes.sum())) - offsets
 
 
 @dataclass
@@ -265,10 +308,11 @@ def _random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack([x0, y0, x0 + size[:, 0], y0 + size[:, 1]], axis=1)
 
 
-def _jitter(rng: np.random.Generator, boxes: np.ndarray) -> np.ndarray:
-    """Shift each side by up to 3% of the box's size (IoU with the box > 0.7)."""
+def _jitter(rng: np.random.Generator, boxes: np.ndarray, fraction: float) -> np.ndarray:
+    """Shift each side by U(-fraction, fraction) of the box's size (the proposal's
+    localisation error; the draws do not depend on ``fraction``)."""
     wh = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
-    return boxes + rng.uniform(-0.03, 0.03, size=boxes.shape) * wh
+    return boxes + rng.uniform(-1.0, 1.0, size=boxes.shape) * fraction * wh
 
 
 def _background_boxes(rng: np.random.Generator, gt: np.ndarray, n: int) -> np.ndarray:
@@ -323,7 +367,7 @@ def build_validation(
                 }
             )
         bg = _background_boxes(rng, gt, cfg.val_bg_rois)
-        boxes = np.concatenate([_jitter(rng, gt), bg])
+        boxes = np.concatenate([_jitter(rng, gt, cfg.val_jitter), bg])
         cats_roi = np.concatenate([objects, rng.choice(cats, size=len(bg))])
         strength = np.concatenate([np.ones(len(gt)), rng.uniform(0, cfg.beta_max, len(bg))])
         features.append(torch.from_numpy(model.features(cats_roi, strength, rng)))
@@ -413,17 +457,16 @@ def _lr_factor(step: int, cfg: SimConfig) -> float:
 
 
 def weight_norms(predictor: LTBoxPredictor) -> np.ndarray:
-    """(C,) norm of each category's effective classifier row: tau-normalised at inference
-    when tau_norm > 0, times its LWS scale when present."""
-    columns = torch.as_tensor(predictor.gradient_stats.logit_columns())
-    with torch.no_grad():
-        w = predictor.cls_score.weight
-        norms = w.norm(dim=1)
-        if predictor.tau_norm > 0:
-            norms = norms / norms.clamp(min=1e-12) ** predictor.tau_norm
-        if predictor.logit_scale is not None:
-            norms = norms * predictor.logit_scale.abs()
-    return norms[columns].numpy()
+    """(C,) norm of each category's effective classifier row: lt_d2's
+    ``classifier_weight_norms``, tau-normalised as at inference when tau_norm > 0 (|w| /
+    |w|^tau), times the row's LWS scale when present."""
+    norms = classifier_weight_norms(predictor)
+    if predictor.tau_norm > 0:
+        norms = norms / np.maximum(norms, 1e-12) ** predictor.tau_norm
+    if predictor.logit_scale is not None:
+        columns = predictor.classifier.logit_columns()
+        norms = norms * predictor.logit_scale.detach().abs()[columns].numpy()
+    return norms
 
 
 def _dump(predictor: LTBoxPredictor, step: int, stats: CategoryStats, run_dir: str) -> Dict:
@@ -558,12 +601,13 @@ def run_variant(
             predictor, params, ctx["profile"], ctx["model"], variant.sampler, cfg, run_dir
         )
     train_s = time.perf_counter() - start
+    torch.save(predictor.state_dict(), os.path.join(run_dir, "model_final.pth"))
     metrics = evaluate(predictor, ctx["val"], ctx["dataset"], stats)
     freq = stats.frequency_labels
     row = {
         "run": variant.name,
         **asdict(variant),
-        **{k: metrics.get(k, float("nan")) for k in ("AP", "APr", "APc", "APf")},
+        **{k: metrics.get(k, float("nan")) for k in ("AP", "AP50", "APr", "APc", "APf")},
         **{f"AP{b}": metrics.get(f"AP{b}", float("nan")) for b in range(1, 5)},
         **{f"ratio_{g}": v for g, v in group_means(arrays["ratio"], freq).items()},
         **{f"wnorm_{g}": v for g, v in group_means(arrays["weight_norm"], freq).items()},
@@ -677,6 +721,7 @@ def run(
     cfg: SimConfig,
     names: Optional[Sequence[str]] = None,
     rfs: Sequence[str] = ("SoftmaxCE", "SigmoidBCE"),
+    decoupled: bool = True,
 ) -> Dict:
     """The whole benchmark; returns {"rows": [...], "failures": {...}, "figures": [...]}."""
     t0, t0_cpu = time.perf_counter(), time.process_time()
@@ -692,7 +737,7 @@ def run(
     logger.info("setup (data, validation json) %.1f s", time.perf_counter() - t0)
     results, failures = [], {}
     base_state = None
-    for variant in variants(names, [n for n in rfs if n in names]):
+    for variant in variants(names, [n for n in rfs if n in names], decoupled):
         try:
             result, predictor = run_variant(variant, ctx, base_state)
         except Exception as e:  # report the failure and go on with the other methods

@@ -1,9 +1,12 @@
-"""benchmarks/lvis_scale_classifiers.py: what holds by construction, in its --quick mode.
+"""benchmarks/lvis_scale_classifiers.py and simulation_report.py: what holds by construction,
+in the simulation's --quick mode.
 
 Every registered classifier (plus the RFS and decoupled variants) trains and is evaluated
 by lvis-api on a 1203-category LVIS v1-format json; the figures and balance dumps are
-written; the simulated data has LVIS v1's profile; the fast inference path returns what
-detectron2's own one does. No result (AP) is asserted.
+written; the simulated data has LVIS v1's profile and the ROI sampling rule; the fast
+inference path returns what detectron2's own one does; the weight norms are the effective
+rows; the calibration objective and the predicted-vs-published changes are the differences
+they claim to be. No simulated AP is asserted (the --quick run trains 12 steps).
 """
 
 import importlib.util
@@ -21,11 +24,18 @@ from lt_d2.evaluation.balance import list_balance_dumps, load_balance_dump
 
 from helpers.config import REPO
 
-_spec = importlib.util.spec_from_file_location(
-    "lvis_scale_classifiers", os.path.join(REPO, "benchmarks", "lvis_scale_classifiers.py")
-)
-sim = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sim)
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "benchmarks", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sim = _load("lvis_scale_classifiers")
+report = _load("simulation_report")
 
 NUM_LVIS_V1_CATEGORIES = 1203
 
@@ -153,3 +163,66 @@ def test_preselected_inference_equals_detectron2s_full_inference(profile):
     torch.testing.assert_close(fast.scores, full.scores)
     torch.testing.assert_close(fast.pred_classes, full.pred_classes)
     torch.testing.assert_close(fast.pred_boxes.tensor, full.pred_boxes.tensor)
+
+
+def test_weight_norms_are_the_effective_rows_under_tau_norm_and_lws(profile):
+    cfg = replace(sim.SimConfig(), **sim.QUICK)
+    torch.manual_seed(0)
+    predictor = sim.build_predictor("SoftmaxCE", profile.stats, cfg, lws=True)
+    C = profile.stats.num_classes
+    with torch.no_grad():
+        predictor.cls_score.weight.normal_(std=0.5)
+        predictor.logit_scale.uniform_(-2.0, 2.0)
+    w = predictor.cls_score.weight.detach()[:C]  # SoftmaxCE: category j is row j
+    row_norms = torch.sqrt((w * w).sum(dim=1))
+    expected = (row_norms * predictor.logit_scale.detach()[:C].abs()).numpy()
+    np.testing.assert_allclose(sim.weight_norms(predictor), expected, rtol=1e-5)
+    predictor.tau_norm = 1.0  # |w| / |w|^1: every row has norm 1 at inference, times its scale
+    expected = predictor.logit_scale.detach()[:C].abs().numpy()
+    np.testing.assert_allclose(sim.weight_norms(predictor), expected, rtol=1e-5)
+
+
+def test_calibration_objective_is_the_largest_gap_to_the_papers_baselines():
+    targets = {"SoftmaxCE": {"APr": 0.0, "APc": 12.0, "APf": 27.4}}
+    rows = [{"run": "SoftmaxCE", "APr": 1.0, "APc": 8.5, "APf": 29.0}]
+    # gaps 1.0, 3.5, 1.6
+    assert report.deviation(rows, targets) == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="no baseline row"):
+        report.deviation([], targets)
+
+
+def test_paper_targets_are_table_1_rows_a_and_b():
+    # [EQLv2] Table 1, mask AP, as printed: (a) Softmax 0.0 / 12.0 / 27.4, (b) Sigmoid
+    # 0.0 / 13.1 / 27.3 (APr / APc / APf)
+    assert report.paper_targets() == {
+        "SoftmaxCE": {"APr": 0.0, "APc": 12.0, "APf": 27.4},
+        "SigmoidBCE": {"APr": 0.0, "APc": 13.1, "APf": 27.3},
+    }
+
+
+def test_predicted_changes_are_paired_by_seed_and_set_against_the_papers(tmp_path):
+    # two seeds; EQLv2 vs SigmoidBCE: APr +2 and +4 -> mean +3, sample std sqrt(2)
+    values = {
+        0: {"SigmoidBCE": (0.0, 10.0, 30.0), "EQLv2": (2.0, 12.0, 29.0)},
+        1: {"SigmoidBCE": (1.0, 11.0, 31.0), "EQLv2": (5.0, 14.0, 31.0)},
+    }
+    dirs = []
+    for seed, runs in values.items():
+        parts = []  # each run in its own directory: one seed split over processes
+        for k, v in runs.items():
+            d = tmp_path / f"seed{seed}_{k}"
+            d.mkdir()
+            row = {"run": k, "APr": v[0], "APc": v[1], "APf": v[2]}
+            (d / "results.json").write_text(json.dumps({"rows": [row]}))
+            parts.append(str(d))
+        dirs.append(",".join(parts))
+    (record,) = report.predictions(report.load_seeds(dirs))
+    assert record["run"] == "EQLv2" and record["reference"] == "SigmoidBCE"
+    assert record["seeds"] == 2
+    assert record["APr"] == pytest.approx((3.0, 2**0.5))
+    assert record["APc"] == pytest.approx((2.5, 0.5**0.5))
+    assert record["APf"] == pytest.approx((-0.5, 0.5**0.5))
+    # [EQLv2] Table 1 (h) minus (b), mask AP: 14.9 - 0.0, 22.8 - 13.1, 28.6 - 27.3
+    assert record["paper"] == pytest.approx({"APr": 14.9, "APc": 9.7, "APf": 1.3})
+    table = report.markdown([record])
+    assert "| EQLv2 (vs SigmoidBCE) | 2 | +3.0 ± 1.4 | +14.9 |" in table
