@@ -220,9 +220,12 @@ class GradientStats(nn.Module):
         """Accumulated sums over all workers (a collective call: every worker must call it).
 
         This worker's increments are all-reduced (summed) into the totals and reset, so
-        calling it at every logging period sums each increment exactly once.
+        calling it at every logging period sums each increment exactly once. Each worker's
+        increments are gradients of its own loss, which DDP averages over the W workers: the
+        sum is divided by W, so W workers record what one process would on all their batches.
         """
         increments = all_reduce_sum(torch.stack([self.pos_grad_local, self.neg_grad_local]))
+        increments /= comm.get_world_size()
         self.pos_grad += increments[0]
         self.neg_grad += increments[1]
         self.pos_grad_local.zero_()

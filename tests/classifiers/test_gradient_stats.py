@@ -412,17 +412,17 @@ def test_two_gloo_workers_sum_their_shares(tmp_path):
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     want_pos = torch.zeros(C, dtype=torch.float64)
     want_neg = torch.zeros(C, dtype=torch.float64)
-    for res in results:
+    for res in results:  # DDP averages the two workers' gradients: each counts 1/2
         pos, neg = sigmoid_sums(res["z"], res["gt"])
-        want_pos += pos
-        want_neg += neg
+        want_pos += pos / 2
+        want_neg += neg / 2
     for res in results:
         torch.testing.assert_close(res["first"].pos.double(), want_pos, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(res["first"].neg.double(), want_neg, rtol=1e-5, atol=1e-7)
     # Resumed from rank 0's file: the synced totals plus rank 0's own unsynced increment,
-    # counted once although both workers loaded it.
+    # counted once although both workers loaded it (and, like every increment, halved).
     pos0, _ = sigmoid_sums(results[0]["z"], results[0]["gt"])
     for res in results:
         torch.testing.assert_close(
-            res["resumed"].pos.double(), want_pos + pos0, rtol=1e-5, atol=1e-7
+            res["resumed"].pos.double(), want_pos + pos0 / 2, rtol=1e-5, atol=1e-7
         )

@@ -19,7 +19,7 @@ from lt_d2.compat import launch_supports_cpu
 from helpers.config import DEMO_CONFIG, REPO
 from helpers.gloo import free_port
 
-ENGINE_TESTS = os.path.join(REPO, "tests", "engine")
+TEST_HELPERS = os.path.join(REPO, "tests", "helpers")
 EQLV2_DEMO = os.path.join(REPO, "configs", "demo", "eqlv2", "eqlv2_mask_rcnn_R_18_FPN_demo.yaml")
 TINY = [
     "SOLVER.WARMUP_ITERS", "0",
@@ -43,7 +43,7 @@ pytestmark = [
 
 def _start(script, config, *args):
     return subprocess.Popen(
-        [sys.executable, os.path.join(ENGINE_TESTS, script), "--config-file", config, *args],
+        [sys.executable, os.path.join(TEST_HELPERS, script), "--config-file", config, *args],
         cwd=REPO,  # the demo data under datasets/, shared with the other tests
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
@@ -53,7 +53,7 @@ def _start(script, config, *args):
 
 
 def test_a_failing_process_ends_the_job_with_its_error(tmp_path):
-    from failing_rank_train_net import ERROR
+    from helpers.failing_rank_train_net import ERROR
 
     job = _start(
         "failing_rank_train_net.py", DEMO_CONFIG,

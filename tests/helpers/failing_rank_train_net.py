@@ -2,7 +2,7 @@
 worker that runs out of memory or reads a damaged image would
 (tests/engine/test_cluster_training.py).
 
-python tests/engine/failing_rank_train_net.py <train_net.py's arguments>
+python tests/helpers/failing_rank_train_net.py <train_net.py's arguments>
 """
 
 import os
@@ -10,7 +10,12 @@ import sys
 
 from detectron2.utils import comm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+if os.path.abspath(sys.path[0]) == HERE:  # run as a script: lvis.py here would hide lvis-api
+    sys.path[0] = REPO
+elif REPO not in sys.path:  # imported by a test, for ERROR
+    sys.path.insert(0, REPO)
 import train_net  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
 
