@@ -14,10 +14,8 @@ import sys
 import pytest
 import torch
 
-from lt_d2.compat import launch_supports_cpu
-
 from helpers.config import DEMO_CONFIG, REPO
-from helpers.gloo import free_port
+from helpers.gloo import free_port, needs_cpu_launch
 
 TEST_HELPERS = os.path.join(REPO, "tests", "helpers")
 EQLV2_DEMO = os.path.join(REPO, "configs", "demo", "eqlv2", "eqlv2_mask_rcnn_R_18_FPN_demo.yaml")
@@ -33,11 +31,7 @@ TINY = [
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        torch.cuda.is_available() or not launch_supports_cpu(),
-        reason="needs a detectron2 whose launch trains CPU processes with gloo (main; make "
-        "test-main); detectron2 v0.6's launch needs CUDA",
-    ),
+    needs_cpu_launch,
 ]
 
 

@@ -5,9 +5,19 @@ import os
 import socket
 from typing import Callable, Dict
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from lt_d2.compat import launch_supports_cpu
+
+# Tests that train several CPU processes through train_net.py's launch.
+needs_cpu_launch = pytest.mark.skipif(
+    torch.cuda.is_available() or not launch_supports_cpu(),
+    reason="needs a detectron2 whose launch trains CPU processes with gloo (main; make "
+    "test-main); detectron2 v0.6's launch needs CUDA",
+)
 
 
 def free_port() -> int:
