@@ -76,7 +76,10 @@ class CompiledLoss:
             self._compiled = torch.compile(self.eager, dynamic=True)
         try:
             return self._compiled(*args, **kwargs)
-        except Exception as e:  # the compiler's failure: the eager function decides
+        except Exception as e:
+            # The eager function decides: its own error (bad input) is raised as it is and
+            # compilation stays on; only if it succeeds was the failure the compiler's.
+            result = self.eager(*args, **kwargs)
             self._failure = f"{type(e).__name__}: {e}".splitlines()[0]
             logger.warning(
                 "torch.compile failed on %s (%s); it runs eagerly from now on (same results, "
@@ -84,7 +87,7 @@ class CompiledLoss:
                 self.eager.__qualname__,
                 self._failure,
             )
-            return self.eager(*args, **kwargs)
+            return result
 
 
 def loss_dtype(logits: torch.Tensor) -> torch.dtype:
