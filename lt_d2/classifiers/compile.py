@@ -28,6 +28,7 @@ __all__ = [
     "compile_enabled",
     "compiled_loss",
     "eager_losses",
+    "log_sigmoid",
     "loss_dtype",
     "set_compile_enabled",
 ]
@@ -99,6 +100,27 @@ def loss_dtype(logits: torch.Tensor) -> torch.dtype:
     nothing that float32 keeps is rounded away before the scale is applied.
     """
     return torch.promote_types(logits.dtype, torch.float32)
+
+
+def log_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(z)) = min(z, 0) - log(1 + exp(-|z|)), elementwise, for use inside a compiled
+    loss function in place of ``F.logsigmoid`` (and of ``F.softplus(z) = -log_sigmoid(-z)``,
+    ``F.binary_cross_entropy_with_logits``).
+
+    Those lower to ``log1p``, which the compiler's CPU backend does not vectorise: 9.4 ns per
+    element against 1.5 ns for this form (8192 x 1203 float32, one thread, torch 2.14). Here
+    log1p(x), x = exp(-|z|) in [0, 1], is computed from the vectorised ``log`` as
+    log(u) x / (u - 1) with u = 1 + x rounded (Goldberg 1991, "What every computer scientist
+    should know about floating-point arithmetic", thm. 4), and x itself where u rounds to 1:
+    within a few float32 roundings of the exact value, as ``F.logsigmoid`` is. Finite for
+    every finite z, and so is its gradient (the guarded division has no 0/0 branch).
+    """
+    nonnegative = z >= 0
+    x = torch.exp(torch.where(nonnegative, -z, z))  # exp(-|z|), with the gradient of z >= 0 at 0
+    u = 1.0 + x
+    exact = u == 1.0
+    log1p_x = torch.where(exact, x, torch.log(u) * (x / torch.where(exact, 1.0, u - 1.0)))
+    return torch.where(nonnegative, 0.0, z) - log1p_x
 
 
 _BLOCK = 64  # rows that column_sums adds together first

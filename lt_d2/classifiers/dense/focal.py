@@ -13,10 +13,9 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from detectron2.config import configurable
 from torch import nn
-from torch.nn import functional as F
 
 from ..base import DENSE_CLASSIFIER_REGISTRY, DenseClassifier, prior_bias
-from ..compile import column_sums, compiled_loss, loss_dtype
+from ..compile import column_sums, compiled_loss, log_sigmoid, loss_dtype
 
 __all__ = ["FocalLoss", "sigmoid_focal_loss"]
 
@@ -65,7 +64,7 @@ def sigmoid_focal_loss(
     y = gt_classes[:, None] == categories  # one-hot targets, (N, C); background and -1: none
     valid = (gt_classes >= 0)[:, None]
     z_t = torch.where(y, z, -z)  # p_t = sigmoid(z_t)
-    log_p_t = F.logsigmoid(z_t)
+    log_p_t = log_sigmoid(z_t)
     w_t = torch.where(y, pos_weight, neg_weight) * valid
     loss = -(w_t * torch.sigmoid(-z_t) ** gamma * log_p_t).sum()
     if not gradient_sums:

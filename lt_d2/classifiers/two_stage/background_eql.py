@@ -9,11 +9,10 @@ Shape shorthand: R = ROIs, C = foreground classes.
 import math
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY
-from ..compile import compiled_loss, loss_dtype
+from ..compile import compiled_loss, log_sigmoid, loss_dtype
 from .eql import EQL, eql_weights
 from .labels import class_targets
 from .sigmoid_bce import weighted_sigmoid_bce
@@ -24,7 +23,7 @@ __all__ = ["BackgroundEQL", "background_eql_loss", "background_eql_weights"]
 def background_eql_weights(z: torch.Tensor, tail: torch.Tensor, b: float) -> torch.Tensor:
     """DropLoss eq. 4, the background rows: w_j = 1 - T_lambda(f_j) min{-log_b(p_j), 1}.
 
-    log_b(p_j) = ln(sigmoid(z_j)) / ln(b), with ln(sigmoid(z)) = logsigmoid(z), finite for any
+    log_b(p_j) = ln(sigmoid(z_j)) / ln(b), with ln(sigmoid(z)) = log_sigmoid(z), finite for any
     finite z (no -inf where sigmoid(z_j) underflows). A score p_j <= 1/b drops the term of a
     tail category entirely; b -> inf gives EQL's weight 1.
 
@@ -36,7 +35,7 @@ def background_eql_weights(z: torch.Tensor, tail: torch.Tensor, b: float) -> tor
     Returns:
         (R, C) weights of every row as if it were a background ROI.
     """
-    neg_log_b_p = -F.logsigmoid(z) / math.log(b)
+    neg_log_b_p = -log_sigmoid(z) / math.log(b)
     return 1.0 - tail * torch.clamp(neg_log_b_p, max=1.0)
 
 

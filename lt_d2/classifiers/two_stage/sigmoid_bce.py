@@ -10,12 +10,11 @@ Shape shorthand: R = ROIs, C = foreground classes.
 from typing import Dict, Union
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
 from ..base import CLASSIFIER_REGISTRY, Classifier, prior_bias
-from ..compile import compiled_loss, loss_dtype
+from ..compile import compiled_loss, log_sigmoid, loss_dtype
 from .labels import class_targets
 
 __all__ = [
@@ -39,7 +38,8 @@ def weighted_sigmoid_bce(
     Returns:
         the scalar loss; 0 with a gradient path when R = 0.
     """
-    bce = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
+    # BCE(z, y) = -log sigmoid(z_t), z_t = z where y = 1 and -z elsewhere: no cancellation
+    bce = -log_sigmoid(torch.where(y, z, -z))
     return (w * bce).sum() / max(z.shape[0], 1)
 
 
