@@ -54,7 +54,7 @@ def droploss_keep_probs(
 
 # SplitMix64 (Steele, Lea and Flood 2014, "Fast splittable pseudorandom number generators";
 # Vigna's reference splitmix64.c): the golden-ratio increment and the two multipliers of its
-# output function, as signed int64 (torch has no uint64 arithmetic; the bits are the same).
+# output function, as signed int64 (torch's uint64 has no shifts on the CPU; the bits are the same).
 _GOLDEN_GAMMA = 0x9E3779B97F4A7C15 - 2**64
 _MIX_1 = 0xBF58476D1CE4E5B9 - 2**64
 _MIX_2 = 0x94D049BB133111EB - 2**64
@@ -109,8 +109,9 @@ def droploss_loss(
     z = logits.to(loss_dtype(logits))
     y = class_targets(gt_classes, z.shape[1])
     u = droploss_uniforms(seed, z.shape[0], z.shape[1])
-    # [u < mu] written as [u - mu < 0]: the compiler recomputes a comparison of equal-sized
-    # operands in backward, where a (C,) operand makes it save the (R, C) result
+    # [u < mu] as [u - mu < 0] (the same test: a float difference is exact in sign): the
+    # compiler saves, rather than recomputes, an op with a 4x smaller output than its inputs,
+    # which u < mu with its (C,) operand is -- an (R, C) mask kept for backward
     keep = (u - mu) < 0  # eq. 6
     w = eql_weights(y, gt_classes, tail, keep.to(z.dtype))
     return weighted_sigmoid_bce(z, y, w)  # eq. 5
