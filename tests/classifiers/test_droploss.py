@@ -3,7 +3,11 @@ import torch
 from detectron2.config import get_cfg
 
 from lt_d2.classifiers import build_classifier
-from lt_d2.classifiers.two_stage.droploss import DropLoss, droploss_keep_probs
+from lt_d2.classifiers.two_stage.droploss import (
+    DropLoss,
+    droploss_keep_probs,
+    droploss_uniforms,
+)
 from lt_d2.classifiers.two_stage.sigmoid_bce import SigmoidBCE
 from lt_d2.config import add_lt_config
 from lt_d2.data.category_stats import CategoryStats
@@ -66,26 +70,75 @@ def test_deterministic_cases_exact_loss_and_gradient():
     torch.testing.assert_close(_clf().losses(logits, gt)["loss_cls"], (w * terms).sum() / 5)
 
 
+def _splitmix64(state: int) -> int:
+    """SplitMix64's output for one state (Vigna's splitmix64.c), in Python integers mod 2^64."""
+    mask = 2**64 - 1
+    z = state & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def _uniforms(seed: int, rows: int, cols: int) -> torch.Tensor:
+    """The n-th term's uniform: the top 24 bits of SplitMix64's n-th output after ``seed``."""
+    gamma = 0x9E3779B97F4A7C15
+    u = [(_splitmix64(seed + (n + 1) * gamma) >> 40) / 2**24 for n in range(rows * cols)]
+    return torch.tensor(u, dtype=torch.float64).reshape(rows, cols)
+
+
+def test_uniforms_are_splitmix64():
+    # the published first output of SplitMix64 started at 0
+    assert _splitmix64(0x9E3779B97F4A7C15) == 0xE220A8397B1DCDAF
+    for seed in (0, 12345, -(2**63), 2**63 - 2):
+        u = droploss_uniforms(torch.tensor(seed), 3, 7)
+        assert u.dtype == torch.float32
+        torch.testing.assert_close(u.double(), _uniforms(seed, 3, 7), rtol=0, atol=0)
+
+
 def test_seeded_generator_exact_values():
     torch.manual_seed(0)
     logits = torch.randn(6, C, dtype=torch.float64)
     gt = torch.tensor([2, 4, 5, 5, BG, BG])  # mu_tail = 1/4
     loss = _clf(generator=torch.Generator().manual_seed(7)).losses(logits, gt)["loss_cls"]
-    # the same seed draws the same Ber(mu) matrix, one draw per (ROI, category); the
-    # foreground rows' draws are discarded
-    mu = torch.tensor([0.25, 0.25, 0.25, 0.25, 1.0, 1.0])  # float32, as drawn by DropLoss
-    draws = torch.bernoulli(mu.expand(6, C), generator=torch.Generator().manual_seed(7))[4:]
+    # the step's seed is one int64 drawn from the generator; the draws w = [u < mu] are the
+    # seed's SplitMix64 uniforms, one per (ROI, category); the foreground rows' are discarded
+    seed = torch.randint(-(2**63), 2**63 - 1, (), generator=torch.Generator().manual_seed(7))
+    mu = torch.tensor([0.25, 0.25, 0.25, 0.25, 1.0, 1.0], dtype=torch.float64)
+    draws = (_uniforms(int(seed), 6, C) < mu).double()[4:]
     terms, _, y = _bce_terms(logits, gt)
     w = torch.ones(6, C, dtype=torch.float64)
     w[:4] = 1 - TAIL.double() * (1 - y[:4])
-    w[4:] = draws.double()
-    assert draws[:, 4:].eq(1).all()
+    w[4:] = draws
+    assert draws[:, 4:].eq(1).all() and draws[:, :4].eq(0).any()
     torch.testing.assert_close(loss, (w * terms).sum() / 6)
-    # reproducible with the default generator too
+    # reproducible with the default generator too, and a new draw every step
     torch.manual_seed(3)
-    first = _clf().losses(logits, gt)["loss_cls"]
+    clf = _clf()
+    first = clf.losses(logits, gt)["loss_cls"]
+    second = clf.losses(logits, gt)["loss_cls"]
     torch.manual_seed(3)
     torch.testing.assert_close(_clf().losses(logits, gt)["loss_cls"], first)
+    assert second != first
+
+
+def test_draws_independent_across_terms():
+    # 20000 background ROIs x 6 categories at mu = 1/2 (2 tail + 2 frequent foreground ROIs):
+    # the kept-indicators of neighbouring terms (same row, next column; same column, next
+    # row) and of consecutive steps are uncorrelated
+    n_bg = 20000
+    gt = torch.cat([torch.tensor([2, 3, 4, 5]), torch.full((n_bg,), BG)])
+    clf = _clf(frequent_bernoulli=True, generator=torch.Generator().manual_seed(1))
+    kept = []
+    for _ in range(2):
+        logits = torch.zeros(len(gt), C, requires_grad=True)
+        clf.losses(logits, gt)["loss_cls"].backward()
+        kept.append((logits.grad[4:] != 0).double())
+    k = kept[0]
+    torch.testing.assert_close(k.mean(), torch.tensor(0.5, dtype=torch.float64), atol=0.01, rtol=0)
+    # correlation of two independent Ber(1/2) sequences of n terms: standard deviation 1/sqrt(n)
+    for a, b in ((k[:, 1:], k[:, :-1]), (k[1:], k[:-1]), (kept[1], k)):
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert abs(float(r)) < 5 / (a.numel() ** 0.5), float(r)
 
 
 @pytest.mark.parametrize("frequent_bernoulli", [False, True])

@@ -12,9 +12,9 @@ skipped (sec. 4.3); G_0 uses every ROI. Each group's cross entropy is averaged o
 it uses, and the group losses are summed.
 
 Every group, G_0 included, is one softmax over its columns of the (R, L) logits (the groups
-partition the columns), so the loss is computed on the logits as they are, group by group,
-with no gathered copies and no data-dependent shapes (:func:`bags_loss`). The random "others"
-ROIs are drawn outside it (:func:`bags_trained_rows`).
+partition the columns). The loss takes the columns group by group, so each group's softmax
+runs over one contiguous block, with no data-dependent shapes (:func:`bags_loss`). The random
+"others" ROIs are drawn outside it (:func:`bags_trained_rows`).
 
 At inference (sec. 4.4) each group's softmax gives p_j for its categories ("others"
 dropped), rescaled by G_0's foreground probability: p~_j = p_fg p_j.
@@ -28,7 +28,7 @@ Shape shorthand: R = ROIs, C = foreground classes, N = groups, L = ``num_logits`
 """
 
 import logging
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -37,7 +37,7 @@ from lt_d2.data import BAGS_GROUP_BOUNDS, CategoryStats
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
-from .softmax_ce import group_cross_entropy, group_logsumexp
+from .softmax_ce import group_logsumexp
 
 __all__ = ["BAGS", "bags_loss", "bags_trained_rows"]
 
@@ -76,32 +76,45 @@ def bags_loss(
     logits: torch.Tensor,
     gt_classes: torch.Tensor,
     trained: torch.Tensor,
-    column_group: torch.Tensor,
     class_group: torch.Tensor,
     others_columns: torch.Tensor,
+    grouped_columns: torch.Tensor,
+    group_sizes: Tuple[int, ...],
 ) -> torch.Tensor:
     """BAGS eq. 5: L = sum_n (1 / |I_n|) sum_{i in I_n} -log softmax_{G_n}(z_i)[t_i^n].
 
     The label t_i^n of ROI i in group G_n is the ROI's own column (its class, or background
     for G_0) when its class belongs to G_n, else G_n's "others" column; I_n are the ROIs the
-    group is trained on.
+    group is trained on. The columns are taken group by group (``grouped_columns``), so that
+    each group's softmax (eq. 4) runs over one contiguous block of its own columns.
 
     Args:
         logits: (R, L), any float dtype (computed in float32).
         gt_classes: (R,) int64 in [0, C]; column C is background, so a label is its column.
         trained: (R, N + 1) bool I_n (:func:`bags_trained_rows`).
-        column_group: (L,) int64 group of each logit column.
         class_group: (C + 1,) int64 group of each label (background: G_0).
         others_columns: (N + 1,) int64 "others" column of each group.
+        grouped_columns: (L,) int64 the columns of G_0, then of G_1, ..., each group's in
+            column order.
+        group_sizes: |G_0|, ..., |G_N| in columns.
     """
     z = logits.to(loss_dtype(logits))
     num_groups = trained.shape[1]
     own = class_group[gt_classes][:, None] == torch.arange(num_groups, device=z.device)
     target = torch.where(own, gt_classes[:, None], others_columns)  # (R, N + 1) t_i^n
-    # -log softmax_{G_n}(z_i)[t_i^n], each softmax over its group's columns (eq. 4)
-    ce = group_cross_entropy(z, column_group, target)
-    per_group = torch.where(trained, ce, 0.0).sum(dim=0) / trained.sum(dim=0).clamp(min=1)
-    return per_group.sum()  # eq. 5
+    # position of t_i^n among the grouped columns (int32: compared at twice int64's width)
+    position = torch.argsort(grouped_columns)[target].int()
+    weight = trained / trained.sum(dim=0).clamp(min=1)  # 1 / |I_n| on I_n, else 0
+    grouped = z[:, grouped_columns]
+    loss, start = z.new_zeros(()), 0
+    for n, size in enumerate(group_sizes):
+        block = grouped[:, start : start + size]  # G_n's columns
+        columns = torch.arange(start, start + size, dtype=torch.int32, device=z.device)
+        z_target = torch.where(columns == position[:, n, None], block, 0.0).sum(dim=1)
+        ce = torch.logsumexp(block, dim=1) - z_target  # -log softmax_{G_n}(z_i)[t_i^n] (eq. 4)
+        loss = loss + (weight[:, n] * ce).sum()  # eq. 5
+        start += size
+    return loss
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -167,6 +180,11 @@ class BAGS(Classifier):
             "class_group", torch.cat([groups + 1, torch.zeros(1, dtype=torch.long)]), False
         )
         self.register_buffer("others_columns", num_classes + 1 + group_ids, persistent=False)
+        # the columns group by group (a stable sort keeps each group's in column order)
+        self.register_buffer(
+            "grouped_columns", torch.sort(self.column_group, stable=True).indices, False
+        )
+        self.group_sizes = tuple(int((self.column_group == n).sum()) for n in group_ids)
         logger.info(
             "BAGS groups by instance count %s: %s categories",
             list(bounds),
@@ -202,9 +220,10 @@ class BAGS(Classifier):
             logits,
             gt_classes,
             trained,
-            self.column_group,
             self.class_group,
             self.others_columns,
+            self.grouped_columns,
+            self.group_sizes,
         )
         return {"loss_cls": loss}
 

@@ -19,7 +19,7 @@ from .eql import EQL, eql_weights
 from .labels import class_counts, class_targets
 from .sigmoid_bce import weighted_sigmoid_bce
 
-__all__ = ["DropLoss", "droploss_draws", "droploss_keep_probs", "droploss_loss"]
+__all__ = ["DropLoss", "droploss_keep_probs", "droploss_loss", "droploss_uniforms"]
 
 
 def droploss_keep_probs(
@@ -52,43 +52,68 @@ def droploss_keep_probs(
     return torch.where(tail, share_tail, share_frequent)
 
 
-def droploss_draws(
-    num_rois: int, mu: torch.Tensor, generator: Optional[torch.Generator] = None
-) -> torch.Tensor:
-    """DropLoss eq. 6: w_rj ~ Ber(mu_j), drawn independently per (ROI, category) term.
+# SplitMix64 (Steele, Lea and Flood 2014, "Fast splittable pseudorandom number generators";
+# Vigna's reference splitmix64.c): the golden-ratio increment and the two multipliers of its
+# output function, as signed int64 (torch's uint64 has no shifts on the CPU; the bits are the same).
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15 - 2**64
+_MIX_1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX_2 = 0x94D049BB133111EB - 2**64
 
-    w_rj = [u_rj < mu_j] with u_rj ~ U[0, 1): one uniform per term in row-major order,
-    foreground rows included (eq. 2 replaces them), so no host synchronisation is needed.
-    On the CPU these are exactly the draws of ``torch.bernoulli(mu.expand(R, C),
-    generator=generator)`` (the same generator stream), kept as bool (a quarter of its float
-    result).
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 bits."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def droploss_uniforms(seed: torch.Tensor, num_rois: int, num_classes: int) -> torch.Tensor:
+    """One u_rj ~ U[0, 1) per (ROI, category) term, the n-th (row-major) the n-th output of
+    SplitMix64 started at ``seed``: u = (top 24 bits of mix(seed + (n + 1) gamma)) / 2^24, the
+    24-bit grid of ``torch.rand``'s float32 draws.
+
+    A counter-based generator: each draw is a function of (seed, n) alone, computed
+    elementwise in plain torch integer arithmetic, so the compiled loss generates the draws
+    inside its kernels, recomputes them in backward instead of saving an (R, C) mask, and
+    draws exactly what the eager function draws.
 
     Args:
-        num_rois: R.
-        mu: (C,) float32 keep probabilities (:func:`droploss_keep_probs`).
-        generator: random source (seedable); None uses torch's default generator.
+        seed: int64 scalar tensor (drawn from the classifier's generator every step).
 
     Returns:
-        (R, C) bool.
+        (R, C) float32.
     """
-    u = torch.rand((num_rois, mu.shape[0]), generator=generator, dtype=mu.dtype, device=mu.device)
-    return u < mu
+    n = torch.arange(num_rois, device=seed.device)[:, None] * num_classes
+    x = seed + (n + torch.arange(num_classes, device=seed.device) + 1) * _GOLDEN_GAMMA
+    x = (x ^ _shift_right(x, 30)) * _MIX_1
+    x = (x ^ _shift_right(x, 27)) * _MIX_2
+    x = x ^ _shift_right(x, 31)
+    return _shift_right(x, 40).to(torch.float32) * 2.0**-24
 
 
 @compiled_loss
 def droploss_loss(
-    logits: torch.Tensor, gt_classes: torch.Tensor, tail: torch.Tensor, keep: torch.Tensor
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    tail: torch.Tensor,
+    mu: torch.Tensor,
+    seed: torch.Tensor,
 ) -> torch.Tensor:
     """DropLoss eqs. 5-6: L = -(1/R) sum_r sum_j w_rj log(p_hat_rj) with eq. 2's weights on
-    foreground ROIs (:func:`eql_weights`) and the Bernoulli draws ``keep`` on background ROIs.
+    foreground ROIs (:func:`eql_weights`) and w_rj ~ Ber(mu_j) on background ROIs, drawn
+    independently per (ROI, category) term as w_rj = [u_rj < mu_j] (:func:`droploss_uniforms`).
 
     Args:
         logits: (R, C), any float dtype (computed in float32). gt_classes: (R,) in [0, C].
-        tail: (C,) bool, T_lambda(f_j). keep: (R, C) bool draws of :func:`droploss_draws`.
+        tail: (C,) bool, T_lambda(f_j). mu: (C,) float32 keep probabilities
+            (:func:`droploss_keep_probs`). seed: int64 scalar tensor of the draws.
     """
     z = logits.to(loss_dtype(logits))
     y = class_targets(gt_classes, z.shape[1])
-    w = eql_weights(y, gt_classes, tail, keep.to(z.dtype))  # eq. 6
+    u = droploss_uniforms(seed, z.shape[0], z.shape[1])
+    # [u < mu] as [u - mu < 0] (the same test: a float difference is exact in sign): the
+    # compiler saves, rather than recomputes, an op with a 4x smaller output than its inputs,
+    # which u < mu with its (C,) operand is -- an (R, C) mask kept for backward
+    keep = (u - mu) < 0  # eq. 6
+    w = eql_weights(y, gt_classes, tail, keep.to(z.dtype))
     return weighted_sigmoid_bce(z, y, w)  # eq. 5
 
 
@@ -103,7 +128,8 @@ class DropLoss(EQL):
         frequent_bernoulli: also drop frequent categories' background terms, with
             mu = n_frequent / n_all (eq. 7 as printed); False keeps them, as the authors'
             code does (see :func:`droploss_keep_probs`).
-        generator: random source of the Bernoulli draws (None: torch's default generator,
+        generator: random source of the Bernoulli draws: one int64 seed per step, from which
+            :func:`droploss_uniforms` derives the draws (None: torch's default generator,
             seeded by ``torch.manual_seed``); it must live on the logits' device.
     """
 
@@ -126,8 +152,10 @@ class DropLoss(EQL):
         return ret
 
     def loss(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        """Eqs. 5-7: this batch's mu (eq. 7), one Bernoulli draw per term (eq. 6), the loss
-        (:func:`droploss_loss`)."""
+        """Eqs. 5-7: this batch's mu (eq. 7), a seed for its Bernoulli draws (eq. 6) from the
+        generator, the loss (:func:`droploss_loss`)."""
         mu = droploss_keep_probs(gt_classes, self.tail, self.frequent_bernoulli)
-        keep = droploss_draws(logits.shape[0], mu, self.generator)
-        return droploss_loss(logits, gt_classes, self.tail, keep)
+        seed = torch.randint(
+            -(2**63), 2**63 - 1, (), generator=self.generator, device=logits.device
+        )
+        return droploss_loss(logits, gt_classes, self.tail, mu, seed)

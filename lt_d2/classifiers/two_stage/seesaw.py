@@ -31,43 +31,56 @@ import math
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
 from ..state import all_reduce_sum
 from .labels import class_counts
-from .softmax_ce import group_cross_entropy
 
 __all__ = ["Seesaw", "seesaw_log_factors", "seesaw_loss"]
 
 
 def seesaw_log_factors(
-    logits: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, p: float, q: float, eps: float
-) -> torch.Tensor:
-    """log S_ij = log M_ij + log C_ij of Seesaw loss (Wang et al. 2021, sec. 3), detached.
+    z: torch.Tensor,
+    z_label: torch.Tensor,
+    own: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    p: float,
+    q: float,
+    eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """log S_ij = log M_ij + log C_ij of Seesaw loss (Wang et al. 2021, sec. 3), and an upper
+    bound of every row's z_j + log S_ij.
 
     Mitigation M_ij = min(1, (N_j / N_i)^p) with N the accumulated instance counts (clamped
     to >= 1); compensation C_ij = max(1, (sigma_j / max(sigma_i, eps))^q) with sigma the
-    softmax of the (detached) class logits (the authors' mmdet ``seesaw_ce_loss``); S_ii = 1.
-    Computed in log space, so it is finite for any finite logits.
+    softmax of the class logits (the authors' mmdet ``seesaw_ce_loss``); S_ii = 1. In log
+    space, where sigma's normaliser cancels: log(sigma_j / max(sigma_i, eps)) =
+    z_j - a_i with a_i = max(z_i, lse_i + log eps), lse_i = log sum_j exp(z_ij).
+
+    Since log M <= 0, z_j + log S_ij <= z_j + q max(0, z_j - a_i), which grows with z_j: the
+    bound is its value at max_j z_ij. The largest z_j + log S_ij lies at most p log N_i below
+    it (log M_ij >= -p log N_i), so a sum of exp(z_j + log S_ij - bound) stays within
+    float32's range while p log N_i < 87 (for p = 0.8: N_i < 10^47).
 
     Args:
-        logits: (R, C) class logits. labels: (R,) int64 in [0, C).
-        counts: (C,) float32 accumulated instance counts N.
+        z: (R, C) class logits (detached: the factors are constants of the loss).
+        z_label: (R,) z_i, the label's logit. own: (R, C) bool [j = i].
+        labels: (R,) int64 in [0, C). counts: (C,) float32 accumulated instance counts N.
 
     Returns:
-        (R, C) log S, zero in each row's label column.
+        (R, C) log S, zero in each row's label column; (R,) the bound.
     """
-    logits = logits.detach()
     log_n = counts.clamp(min=1.0).log()
     log_m = p * (log_n[None, :] - log_n[labels][:, None]).clamp(max=0.0)  # mitigation
-    log_sigma = torch.log_softmax(logits, dim=1)
-    log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
-    log_c = q * (log_sigma - log_sigma_i).clamp(min=0.0)  # compensation
-    own = labels[:, None] == torch.arange(logits.shape[1], device=logits.device)
-    return torch.where(own, 0.0, log_m + log_c)
+    z_max = z.amax(dim=1)
+    lse = z_max + torch.log(torch.exp(z - z_max[:, None]).sum(dim=1))
+    a = torch.maximum(z_label, lse + math.log(eps))
+    log_c = q * (z - a[:, None]).clamp(min=0.0)  # compensation
+    bound = z_max + q * (z_max - a).clamp(min=0.0)
+    return torch.where(own, 0.0, log_m + log_c), bound
 
 
 @compiled_loss
@@ -82,9 +95,8 @@ def seesaw_loss(
     """Seesaw's class loss over the foreground ROIs and the objectness loss over all ROIs,
     each summed and divided by R.
 
-    sigma^_i = exp(z_i) / (sum_{j != i} S_ij exp(z_j) + exp(z_i)) is the softmax of
-    z_j + log S_ij at the label i (S a constant of the loss); the objectness branch is a
-    2-way softmax cross entropy (background, object).
+    -log sigma^_i = log(sum_j S_ij exp(z_j)) - z_i with S_ii = 1 (S a constant of the loss);
+    the objectness branch is a 2-way softmax cross entropy (background, object).
 
     Args:
         logits: (R, C + 2), any float dtype (computed in float32).
@@ -100,14 +112,18 @@ def seesaw_loss(
     divisor = max(z.shape[0], 1)
     foreground = gt_classes < C
     labels = gt_classes.clamp(max=C - 1)  # background rows: any class, weight 0 below
-    # two softmaxes: over the classes (group 0) and over background, object (group 1)
-    column_group = (torch.arange(z.shape[1], device=z.device) >= C).long()
-    target = torch.stack([labels, C + foreground.long()], dim=1)
-    # z_j + log S_ij on the class columns (log S_ii = 0), the objectness columns unchanged
-    log_s = F.pad(seesaw_log_factors(z[:, :C], labels, counts, p, q, eps), (0, 2))
-    ce = group_cross_entropy(z + log_s, column_group, target)  # -log sigma^_i, objectness
-    loss_cls = torch.where(foreground, ce[:, 0], 0.0).sum() / divisor
-    return loss_cls, ce[:, 1].sum() / divisor
+    z_cls, z_obj = z[:, :C], z[:, C:]
+    own = torch.arange(C, device=z.device) == labels[:, None]
+    z_label = torch.where(own, z_cls, 0.0).sum(dim=1)
+    log_s, bound = seesaw_log_factors(
+        z_cls.detach(), z_label.detach(), own, labels, counts, p, q, eps
+    )
+    log_denominator = bound + torch.log(torch.exp(z_cls + log_s - bound[:, None]).sum(dim=1))
+    loss_cls = torch.where(foreground, log_denominator - z_label, 0.0).sum() / divisor
+    # objectness: -log softmax(z_background, z_object) at object for foreground ROIs
+    z_obj_target = torch.where(foreground, z_obj[:, 1], z_obj[:, 0])
+    loss_obj = torch.logsumexp(z_obj, dim=1) - z_obj_target
+    return loss_cls, loss_obj.sum() / divisor
 
 
 @CLASSIFIER_REGISTRY.register()

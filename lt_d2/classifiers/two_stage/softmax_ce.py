@@ -12,7 +12,7 @@ from detectron2.config import configurable
 from ..base import CLASSIFIER_REGISTRY, Classifier
 from ..compile import compiled_loss, loss_dtype
 
-__all__ = ["SoftmaxCE", "group_cross_entropy", "group_logsumexp", "softmax_ce_loss"]
+__all__ = ["SoftmaxCE", "group_logsumexp", "softmax_ce_loss"]
 
 
 def group_logsumexp(z: torch.Tensor, column_group: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -33,26 +33,6 @@ def group_logsumexp(z: torch.Tensor, column_group: torch.Tensor, num_groups: int
     m = torch.stack([z.masked_fill(~g, -torch.inf).amax(dim=1) for g in groups], dim=1).detach()
     e = torch.exp(z - m[:, column_group])
     return m + torch.log(torch.stack([torch.where(g, e, 0.0).sum(dim=1) for g in groups], dim=1))
-
-
-def group_cross_entropy(
-    z: torch.Tensor, column_group: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
-    """-log softmax_{G_n}(z_i)[t_in] of every row i and group G_n: the cross entropies of
-    softmaxes that each run over one group of columns (BAGS's groups, Seesaw's class and
-    objectness softmaxes). The target logits are picked with one-hot masks (a gather's gradient
-    would scatter into a zeroed (R, L) buffer), so the gradient is one pointwise expression.
-
-    Args:
-        z: (R, L). column_group: (L,) int64 group in [0, G) of each column.
-        target: (R, G) int64 target column t_in of row i in group G_n (one of G_n's columns).
-
-    Returns:
-        (R, G).
-    """
-    columns = torch.arange(z.shape[1], device=z.device)
-    z_t = [torch.where(columns == t[:, None], z, 0.0).sum(dim=1) for t in target.unbind(1)]
-    return group_logsumexp(z, column_group, target.shape[1]) - torch.stack(z_t, dim=1)
 
 
 @compiled_loss
