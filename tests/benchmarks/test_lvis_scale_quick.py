@@ -111,6 +111,18 @@ def test_figures_and_balance_dumps_are_written(quick_run):
     assert last.arrays[0]["ratio"].shape == (NUM_LVIS_V1_CATEGORIES,)
 
 
+@pytest.mark.integration  # the benchmark's whole --quick run (quick_run)
+def test_decoupled_stages_keep_the_first_stages_box_head(quick_run):
+    out, _ = quick_run
+    first = torch.load(os.path.join(out, "SoftmaxCE", "model_final.pth"))
+    head = [k for k in first if k.startswith("box_head.")]
+    assert head, "the quick run trains a box head"
+    for stage in ("cRT (SoftmaxCE, CBS)", "LWS (SoftmaxCE, CBS)"):
+        second = torch.load(os.path.join(out, sim._slug(stage), "model_final.pth"))
+        for k in head:
+            torch.testing.assert_close(second[k], first[k], rtol=0, atol=0)
+
+
 def test_profile_places_each_category_in_its_lvis_image_count(profile):
     stats = profile.stats
     seen = np.zeros(stats.num_classes, dtype=np.int64)
@@ -153,7 +165,7 @@ def test_preselected_inference_equals_detectron2s_full_inference(profile):
     feats = torch.randn(30, cfg.dim)
     with torch.no_grad():
         fast = sim.detect(predictor, feats, proposals, preselect=1000)
-        logits = predictor(feats)
+        logits = sim.predict(predictor, feats)
         boxes = predictor.predict_boxes(logits, [proposals])[0]
         scores = predictor.predict_probs(logits, [proposals])[0]
         full, _ = fast_rcnn_inference_single_image(
